@@ -1,0 +1,32 @@
+"""Typed contracts between the data layer, the learner and the evaluator."""
+
+from typing import NamedTuple
+
+import numpy as np
+
+# One Atari observation: 4 stacked 84x84 grayscale frames, newest last.
+OBSERVATION_SHAPE = (84, 84, 4)
+
+
+class Batch(NamedTuple):
+  """A batch of n-step transitions from one or many games.
+
+  Leaves are numpy arrays on the host (or jax arrays once on devices). `B` is the
+  local batch size on a host and the global batch size inside the jitted step.
+
+  Attributes:
+    obs: uint8 [B, 84, 84, 4], the state s_t (4 frames, newest last).
+    action: int32 [B], a_t as an index into the game's minimal action set.
+    reward: float32 [B], sum_{k<n} gamma^k r_{t+k} of clipped rewards, stopped at
+      the episode's terminal.
+    discount: float32 [B], gamma^n, or 0 if the episode terminated within n steps.
+    next_obs: uint8 [B, 84, 84, 4], the state s_{t+n} (bootstrap state).
+    game_id: int32 [B], index of the game in the run's training-game list.
+  """
+
+  obs: np.ndarray
+  action: np.ndarray
+  reward: np.ndarray
+  discount: np.ndarray
+  next_obs: np.ndarray
+  game_id: np.ndarray
