@@ -30,3 +30,16 @@ class Batch(NamedTuple):
   discount: np.ndarray
   next_obs: np.ndarray
   game_id: np.ndarray
+
+
+def zeros_batch(batch_size: int) -> Batch:
+  """An all-zero Batch: the shapes and dtypes the network and step are built for."""
+  obs = np.zeros((batch_size, *OBSERVATION_SHAPE), np.uint8)
+  return Batch(
+    obs=obs,
+    action=np.zeros(batch_size, np.int32),
+    reward=np.zeros(batch_size, np.float32),
+    discount=np.zeros(batch_size, np.float32),
+    next_obs=obs,
+    game_id=np.zeros(batch_size, np.int32),
+  )

@@ -1,0 +1,119 @@
+"""Orbax checkpoints of the whole `TrainState`, with a clear error on a mismatched config.
+
+The data position needs no checkpoint of its own: batches are a pure function of
+(seed, step), so restoring `state.step` restores where the data stream was.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's parameters do not fit the configured network."""
+
+
+def _flatten_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """Maps 'a/b/c' paths of a (metadata or array) tree to shapes."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {
+    "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path): tuple(
+      leaf.shape
+    )
+    for path, leaf in flat
+  }
+
+
+def _as_dict(state) -> dict:
+  """Orbax stores NamedTuples as dicts; compare against the same form."""
+  return state._asdict() if hasattr(state, "_asdict") else state
+
+
+class Checkpointer:
+  """Saves and restores `TrainState`s under `{workdir}/checkpoints/{step}`.
+
+  Writes are atomic (orbax writes to a temporary directory and renames), so a
+  process killed mid-save leaves the previous checkpoint as the latest one.
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int = 3):
+    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, state) -> None:
+    """Saves `state` at `state.step` (asynchronously; see `wait`)."""
+    step = int(jax.device_get(state.step))
+    self._manager.save(step, args=ocp.args.PyTreeSave(state))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state, step: int | None = None, partial: bool = False):
+    """Restores a checkpoint into the structure, shapes and shardings of `abstract_state`.
+
+    Args:
+      abstract_state: a TrainState, or with `partial` a dict of some of its fields
+        (e.g. `{"params": ...}`), of arrays or `jax.ShapeDtypeStruct`s with shardings.
+      step: the step to restore; the latest when None.
+      partial: restore only the fields in `abstract_state`.
+
+    Returns:
+      The restored TrainState.
+
+    Raises:
+      FileNotFoundError: no checkpoint (or not that step) in the workdir.
+      CheckpointMismatchError: the stored parameters differ from the configured ones;
+        the message lists the differing paths.
+    """
+    steps = self.all_steps()
+    if step is None:
+      step = self.latest_step()
+    if step is None or step not in steps:
+      raise FileNotFoundError(
+        f"No checkpoint{'' if step is None else f' at step {step}'} in {self.directory} "
+        f"(available steps: {steps or 'none'}). Train first with `python -m scaled_ql.pretrain "
+        f"--workdir=...` or pick one of the available steps."
+      )
+    self._check_compatible(abstract_state, step, partial)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
+    return self._manager.restore(
+      step,
+      args=ocp.args.PyTreeRestore(abstract_state, restore_args, partial_restore=partial),
+    )
+
+  def _check_compatible(self, abstract_state, step: int, partial: bool) -> None:
+    step_dir = os.path.join(self.directory, str(step), "default")
+    stored = _flatten_shapes(ocp.PyTreeCheckpointer().metadata(step_dir).item_metadata.tree)
+    wanted = _flatten_shapes(_as_dict(abstract_state))
+    wanted_roots = {path.split("/")[0] for path in wanted}
+    if partial:
+      stored = {path: shape for path, shape in stored.items() if path.split("/")[0] in wanted_roots}
+    differences = []
+    for path in sorted(set(stored) | set(wanted)):
+      if path not in wanted:
+        differences.append(f"  {path}: in the checkpoint, not in the configured network")
+      elif path not in stored:
+        differences.append(f"  {path}: in the configured network, not in the checkpoint")
+      elif stored[path] != wanted[path]:
+        differences.append(f"  {path}: checkpoint {stored[path]} vs configured {wanted[path]}")
+    if differences:
+      shown = differences[:20] + ([f"  ... and {len(differences) - 20} more"] * (len(differences) > 20))
+      raise CheckpointMismatchError(
+        f"The checkpoint at step {step} in {self.directory} does not match the configured "
+        f"model ({len(differences)} differences):\n" + "\n".join(shown) + "\nUse the gin "
+        "config the checkpoint was trained with (its workdir's operative_config.gin) or a new "
+        "--workdir."
+      )
+

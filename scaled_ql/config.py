@@ -1,0 +1,80 @@
+"""Command-line and gin plumbing shared by the entry points.
+
+Every entry point takes `--workdir`, `--gin_file` (repeatable) and `--gin_bindings`
+(repeatable); everything else is a gin binding. gin binds builders and entry points
+only (registered here); modules, losses and data functions receive plain values.
+"""
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import gin
+from absl import flags, logging
+
+from scaled_ql import data, evaluate, games, losses, networks, optimizers
+
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
+
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results. Resumes if it exists.")
+flags.DEFINE_multi_string("gin_file", [], "gin files, relative to the cwd or to the repo's gin/.")
+flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. \"train.num_grad_steps = 10\".")
+
+# -- The configurables: builders and entry points only.
+gin.external_configurable(networks.NetworkConfig, module="networks")
+gin.external_configurable(losses.LossConfig, module="losses")
+gin.external_configurable(optimizers.make_optimizer, module="optimizers")
+gin.external_configurable(data.ReplayDataset, module="data")
+gin.external_configurable(evaluate.make_eval_fn, module="evaluate")
+gin.constant("TRAIN_GAMES", games.TRAIN_GAMES)
+gin.constant("HELD_OUT_GAMES", games.HELD_OUT_GAMES)
+gin.constant("MGDT_TRAIN_GAMES", games.MGDT_TRAIN_GAMES)
+
+
+class UserError(Exception):
+  """A mistake in the command line or configuration: reported in one line, no traceback."""
+
+
+def resolve_gin_file(path: str) -> str:
+  """Finds a gin file relative to the cwd, else to the repo's gin/ directory."""
+  for candidate in (path, os.path.join(GIN_DIR, path)):
+    if os.path.isfile(candidate):
+      return candidate
+  available = sorted(
+    os.path.relpath(os.path.join(root, f), GIN_DIR)
+    for root, _, files in os.walk(GIN_DIR)
+    for f in files
+    if f.endswith(".gin")
+  )
+  raise UserError(f"gin file {path!r} not found. Available in gin/: {', '.join(available)}")
+
+
+def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
+  """Parses gin files and bindings; an unknown configurable or parameter is an error."""
+  gin.clear_config()
+  gin.add_config_file_search_path(GIN_DIR)
+  files = [resolve_gin_file(f) for f in gin_files]
+  try:
+    gin.parse_config_files_and_bindings(files, gin_bindings, finalize_config=False)
+  except (ValueError, KeyError, SyntaxError) as e:
+    # gin's own message names the bad binding and where it came from.
+    raise UserError(f"bad gin configuration: {' '.join(str(e).split())}") from e
+
+
+def require_workdir() -> str:
+  if not flags.FLAGS.workdir:
+    raise UserError("--workdir is required: the run directory (created if missing, resumed if "
+                    "it holds a run).")
+  return flags.FLAGS.workdir
+
+
+def run_main(main: Callable[[], None]) -> None:
+  """Runs `main()`, reporting user mistakes as one line (set SCALED_QL_TRACEBACK=1 for more)."""
+  try:
+    main()
+  except (UserError, ValueError, FileNotFoundError, PermissionError) as e:
+    if os.environ.get("SCALED_QL_TRACEBACK"):
+      raise
+    logging.flush()
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,236 @@
+"""The one training loop, shared by pretraining, fine-tuning and the baselines.
+
+`train(workdir)` reads everything else from gin. The same command in the same
+workdir resumes from the last checkpoint: batches are a pure function of
+(seed, step), so the data stream continues exactly where it stopped.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import logging
+
+from scaled_ql import checkpointing, games, losses, metrics, networks, optimizers, sharding
+from scaled_ql import train_step as train_step_lib
+from scaled_ql import types
+
+RUN_INFO_FILE = "run_info.json"
+OPERATIVE_CONFIG_FILE = "operative_config.gin"
+
+
+class Learner(NamedTuple):
+  """What the configuration builds: everything but the data and the state."""
+
+  network: Any  # hk.Transformed: apply(params, obs, game_id) -> NetworkOutput.
+  loss_fn: Callable
+  optimizer: Any  # optax.GradientTransformation.
+  mesh: jax.sharding.Mesh
+
+
+def build_learner(
+  game_names: Sequence[str],
+  network_config: networks.NetworkConfig,
+  loss_config: losses.LossConfig,
+  optimizer_fn: Callable = optimizers.make_optimizer,
+) -> Learner:
+  """Builds the network, loss, optimizer and device mesh for `game_names`."""
+  num_actions = [games.num_actions(game) for game in game_names]
+  network = networks.make_network(network_config, num_actions)
+  loss_fn = losses.make_loss(loss_config, network.apply, num_games=len(game_names))
+  return Learner(network, loss_fn, optimizer_fn(), sharding.make_mesh())
+
+
+def abstract_train_state(learner: Learner, sample_batch, seed: int):
+  """The TrainState's shapes and shardings, without computing it."""
+  init = functools.partial(train_step_lib.init_train_state, network=learner.network,
+                           optimizer=learner.optimizer, sample_batch=sample_batch)
+  return sharding.replicated_shapes(jax.eval_shape(init, jax.random.key(seed)), learner.mesh)
+
+
+def make_greedy_policy(network, params) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+  """Greedy policy over the masked Q-values: (obs uint8[N,84,84,4], game_id int32[N]) -> int32[N]."""
+
+  @jax.jit
+  def act(params, obs, game_id):
+    return jnp.argmax(network.apply(params, obs, game_id).q_values, axis=-1).astype(jnp.int32)
+
+  return lambda obs, game_id: np.asarray(act(params, obs, game_id))
+
+
+@gin.configurable(denylist=["workdir"])
+def train(
+  workdir: str,
+  *,
+  game_names: Sequence[str] = gin.REQUIRED,
+  dataset_fn: Callable = gin.REQUIRED,
+  network_config: networks.NetworkConfig = gin.REQUIRED,
+  loss_config: losses.LossConfig = gin.REQUIRED,
+  optimizer_fn: Callable = optimizers.make_optimizer,
+  method: str = "scaled_ql",
+  num_grad_steps: int = 1_000_000,
+  global_batch_size: int = 512,
+  target_update_period: int = 2_000,
+  seed: int = 0,
+  log_every_steps: int = 100,
+  checkpoint_every_steps: int = 10_000,
+  keep_checkpoints: int = 3,
+  eval_every_steps: int = 0,
+  eval_fn: Callable | None = None,
+) -> dict[str, float]:
+  """Trains a multi-game Q-network (or a BC policy) on offline data.
+
+  Args:
+    workdir: run directory (checkpoints, TensorBoard, metrics.jsonl, run_info.json).
+    game_names: training games; the index of a game is its `game_id`.
+    dataset_fn: builds the batch source: called with `game_names`, `local_batch_size`,
+      `seed`, `process_index`, `process_count`; must have `batch(step)` and
+      `iterate(start_step)` yielding host-local `Batch`es.
+    network_config: the network.
+    loss_config: the loss (C51/MSE TD, CQL, BC weights).
+    optimizer_fn: builds the optax optimizer.
+    method: a label for reports ("scaled_ql", "bc", ...).
+    num_grad_steps: total gradient steps of the run (including resumed ones).
+    global_batch_size: transitions per step over all hosts.
+    target_update_period: gradient steps between hard target-network updates.
+    seed: seeds parameters, per-step randomness and the data order.
+    log_every_steps: metrics are fetched to the host only this often.
+    checkpoint_every_steps: gradient steps between checkpoints.
+    keep_checkpoints: how many checkpoints to keep.
+    eval_every_steps: run `eval_fn` this often (0: only at the end if `eval_fn` is set).
+    eval_fn: `(policy_fn, game_names, step, workdir) -> {name: float}` evaluation hook.
+
+  Returns:
+    The last logged metrics (host floats).
+  """
+  # -- Validate before any compute.
+  games.validate_games(game_names)
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
+                     f"{jax.process_count()} processes.")
+  os.makedirs(workdir, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(f"The workdir {workdir} is not writable; pass another --workdir.")
+  local_batch_size = global_batch_size // jax.process_count()
+  dataset = dataset_fn(game_names=game_names, local_batch_size=local_batch_size, seed=seed,
+                       process_index=jax.process_index(), process_count=jax.process_count())
+
+  # -- Build the learner and restore or initialise the state.
+  learner = build_learner(game_names, network_config, loss_config, optimizer_fn)
+  sample_batch = dataset.batch(0)
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
+  if checkpointer.latest_step() is not None:
+    state = checkpointer.restore(abstract_train_state(learner, sample_batch, seed))
+    logging.info("Resumed from the checkpoint at step %d.", int(state.step))
+  else:
+    init = jax.jit(functools.partial(train_step_lib.init_train_state, network=learner.network,
+                                     optimizer=learner.optimizer, sample_batch=sample_batch),
+                   out_shardings=sharding.replicated(learner.mesh))
+    state = init(jax.random.key(seed))
+  start_step = int(state.step)
+  _write_run_info(workdir, game_names, network_config, loss_config, method, seed,
+                  global_batch_size, num_grad_steps, state.params)
+
+  step_fn = train_step_lib.make_train_step(learner.network, learner.loss_fn, learner.optimizer,
+                                           target_update_period, mesh=learner.mesh)
+  writer = metrics.MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
+  progress = tqdm.tqdm(total=num_grad_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                       disable=jax.process_index() != 0)
+
+  # -- The loop: the step is the only per-step work; metrics are fetched every log window.
+  last_logged, window_start, window_time = {}, start_step, time.time()
+  step = start_step
+  batches = dataset.iterate(start_step)
+  try:
+    while step < num_grad_steps:
+      state, step_metrics = step_fn(state, sharding.put_batch(next(batches), learner.mesh))
+      step += 1
+      progress.update(1)
+      boundary = step == num_grad_steps or step % log_every_steps == 0
+      if boundary or step % checkpoint_every_steps == 0:
+        flat = metrics.flatten(jax.device_get(step_metrics), game_names)
+        metrics.check_finite(flat, window_start + 1, step)
+        elapsed = time.time() - window_time
+        steps_per_s = (step - window_start) / max(elapsed, 1e-9)
+        flat.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * global_batch_size,
+                    eta_s=(num_grad_steps - step) / steps_per_s)
+        writer.write(step, flat)
+        progress.set_postfix(loss=f"{flat['loss']:.3f}", q=f"{flat.get('q_mean', 0.0):.2f}")
+        last_logged, window_start, window_time = flat, step, time.time()
+      if step % checkpoint_every_steps == 0 or step == num_grad_steps:
+        checkpointer.save(state)
+      if eval_fn and ((eval_every_steps and step % eval_every_steps == 0)
+                      or step == num_grad_steps):
+        policy = make_greedy_policy(learner.network, state.params)
+        eval_scalars = eval_fn(policy, game_names, step, workdir)
+        writer.write(step, eval_scalars)
+        last_logged = {**last_logged, **eval_scalars}
+      if boundary:
+        writer.flush()
+  finally:
+    progress.close()
+    checkpointer.wait()
+    writer.close()
+  return last_logged
+
+
+def _write_run_info(workdir, game_names, network_config, loss_config, method, seed,
+                    global_batch_size, num_grad_steps, params) -> None:
+  """Records what the run is (and the gin config it used), for `load_policy` and reports."""
+  if jax.process_index() != 0:
+    return
+  with open(os.path.join(workdir, OPERATIVE_CONFIG_FILE), "w") as f:
+    f.write(gin.operative_config_str())
+  info = dict(
+    method=method,
+    game_names=list(game_names),
+    network_config=dataclasses.asdict(network_config),
+    loss_config=dataclasses.asdict(loss_config),
+    num_params=int(sum(np.prod(p.shape) for p in jax.tree.leaves(params))),
+    seed=seed,
+    global_batch_size=global_batch_size,
+    num_grad_steps=num_grad_steps,
+  )
+  with open(os.path.join(workdir, RUN_INFO_FILE), "w") as f:
+    json.dump(info, f, indent=2)
+
+
+def read_run_info(workdir: str) -> dict:
+  """Reads a run's `run_info.json`, with a clear error when the run does not exist."""
+  path = os.path.join(workdir, RUN_INFO_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training run directory "
+                            "(run `python -m scaled_ql.pretrain --workdir=...` first).")
+  with open(path) as f:
+    return json.load(f)
+
+
+def load_policy(workdir: str, step: int | None = None):
+  """Restores a run's greedy policy from its checkpoint.
+
+  Args:
+    workdir: a run directory written by `train`.
+    step: the checkpoint step; the latest when None.
+
+  Returns:
+    (policy_fn, game_names, step), where policy_fn maps (obs uint8[N,84,84,4],
+    game_id int32[N]) to greedy actions int32[N].
+  """
+  info = read_run_info(workdir)
+  network_config = networks.NetworkConfig(**info["network_config"])
+  loss_config = losses.LossConfig(**info["loss_config"])
+  learner = build_learner(info["game_names"], network_config, loss_config)
+  abstract = abstract_train_state(learner, types.zeros_batch(batch_size=1), info["seed"])
+  checkpointer = checkpointing.Checkpointer(workdir)
+  step = checkpointer.latest_step() if step is None else step
+  restored = checkpointer.restore({"params": abstract.params}, step, partial=True)
+  return make_greedy_policy(learner.network, restored["params"]), info["game_names"], step
