@@ -27,6 +27,7 @@ setuptools.setup(
         "pandas<3",
         "rlax>=0.1.7",
         "rliable>=1.2.0",
+        "tensorboard>=2.18",
         "tensorflow>=2.18",
         "tfds-nightly",
         "tqdm>=4.66",

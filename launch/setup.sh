@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs scaled_ql with its test extras.
-# Idempotent: a second run only checks that the installed package is current.
+# Creates .venv (if missing) and installs scaled_ql with its extras (EXTRAS, default "test";
+# "tpu" on TPU hosts). Idempotent: a second run only checks that setup.py has not changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,10 +11,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 # Reinstall only when setup.py changed since the last successful install.
-stamp=.venv/.scaled_ql_installed
+EXTRAS=${EXTRAS:-test}
+stamp=.venv/.scaled_ql_installed_${EXTRAS}
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-  echo "[setup] installing scaled_ql[test] (first run downloads ~2 GB of wheels)"
+  echo "[setup] installing scaled_ql[${EXTRAS}] (the first run downloads ~2 GB of wheels)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[test]'
+  .venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
   touch "$stamp"
 fi

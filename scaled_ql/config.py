@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import gin
+import jax
 from absl import flags, logging
 
 from scaled_ql import data, evaluate, games, losses, networks, optimizers
@@ -19,6 +20,11 @@ GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results. Resumes if it exists.")
 flags.DEFINE_multi_string("gin_file", [], "gin files, relative to the cwd or to the repo's gin/.")
 flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. \"train.num_grad_steps = 10\".")
+flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() (TPU pods "
+                  "find their hosts; elsewhere pass the three flags below).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: process 0's host:port.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 # -- The configurables: builders and entry points only.
 gin.external_configurable(networks.NetworkConfig, module="networks")
@@ -59,6 +65,20 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
   except (ValueError, KeyError, SyntaxError) as e:
     # gin's own message names the bad binding and where it came from.
     raise UserError(f"bad gin configuration: {' '.join(str(e).split())}") from e
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-host JAX program when --distributed is given (before any JAX work)."""
+  f = flags.FLAGS
+  if not f.distributed:
+    return
+  if f.coordinator_address:
+    # Explicit addresses mean CPU processes (tests, a workstation): they talk over gloo.
+    # (Asking for the backend here would initialise it too early.)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
 def require_workdir() -> str:

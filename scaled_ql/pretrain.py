@@ -18,6 +18,7 @@ def main() -> None:
     raise config.UserError("give at least one --gin_file (e.g. local.gin, debug.gin, "
                            "pretrain_near_optimal.gin)")
   config.parse_gin(config.flags.FLAGS.gin_file, config.flags.FLAGS.gin_bindings)
+  config.initialize_distributed()
   final_metrics = trainer.train(workdir)
   logging.info("Done. Last metrics: %s", final_metrics)
 
