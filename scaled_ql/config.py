@@ -5,6 +5,7 @@ Every entry point takes `--workdir`, `--gin_file` (repeatable) and `--gin_bindin
 only (registered here); modules, losses and data functions receive plain values.
 """
 
+import logging as std_logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -13,7 +14,8 @@ import gin
 import jax
 from absl import flags, logging
 
-from scaled_ql import data, evaluate, games, losses, networks, optimizers
+# trainer registers `train` with gin on import.
+from scaled_ql import atari, data, evaluate, games, losses, networks, optimizers, trainer  # noqa: F401
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -32,6 +34,7 @@ gin.external_configurable(losses.LossConfig, module="losses")
 gin.external_configurable(optimizers.make_optimizer, module="optimizers")
 gin.external_configurable(data.ReplayDataset, module="data")
 gin.external_configurable(evaluate.make_eval_fn, module="evaluate")
+gin.external_configurable(atari.Protocol, module="atari")
 gin.constant("TRAIN_GAMES", games.TRAIN_GAMES)
 gin.constant("HELD_OUT_GAMES", games.HELD_OUT_GAMES)
 gin.constant("MGDT_TRAIN_GAMES", games.MGDT_TRAIN_GAMES)
@@ -60,11 +63,16 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
   gin.clear_config()
   gin.add_config_file_search_path(GIN_DIR)
   files = [resolve_gin_file(f) for f in gin_files]
+  # gin logs an error for every search-path prefix an `include` is not under; a missing
+  # include still raises below, so silence the noise.
+  std_logging.disable(std_logging.ERROR)
   try:
     gin.parse_config_files_and_bindings(files, gin_bindings, finalize_config=False)
-  except (ValueError, KeyError, SyntaxError) as e:
+  except (ValueError, KeyError, SyntaxError, OSError) as e:
     # gin's own message names the bad binding and where it came from.
     raise UserError(f"bad gin configuration: {' '.join(str(e).split())}") from e
+  finally:
+    std_logging.disable(std_logging.NOTSET)
 
 
 def initialize_distributed() -> None:

@@ -6,13 +6,22 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+def _value(node: ast.expr):
+  """Starlark values: literals and lists; a call such as `requirement("jax")` becomes a string."""
+  if isinstance(node, ast.List):
+    return [_value(element) for element in node.elts]
+  if isinstance(node, ast.Call):
+    return f"{node.func.id}({ast.literal_eval(node.args[0])!r})"
+  return ast.literal_eval(node)
+
+
 def _build_targets() -> dict[str, dict]:
   """Parses BUILD (Starlark, a Python subset) into {target name: keyword arguments}."""
   targets = {}
   for node in ast.parse((ROOT / "BUILD").read_text()).body:
-    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and node.value.keywords:
       call = node.value
-      kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+      kwargs = {kw.arg: _value(kw.value) for kw in call.keywords}
       targets[kwargs["name"]] = dict(rule=call.func.id, **kwargs)
   return targets
 
