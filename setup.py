@@ -11,6 +11,7 @@ setuptools.setup(
     ),
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["scaled_ql", "scaled_ql.*", "data_prep"]),
+    package_data={"scaled_ql": ["reference_scores.json"]},
     install_requires=[
         "absl-py>=2.1",
         "ale-py>=0.10",

@@ -50,11 +50,14 @@ def build_learner(
   return Learner(network, loss_fn, optimizer_fn(), sharding.make_mesh())
 
 
-def abstract_train_state(learner: Learner, sample_batch, seed: int):
-  """The TrainState's shapes and shardings, without computing it."""
-  init = functools.partial(train_step_lib.init_train_state, network=learner.network,
-                           optimizer=learner.optimizer, sample_batch=sample_batch)
-  return sharding.replicated_shapes(jax.eval_shape(init, jax.random.key(seed)), learner.mesh)
+def abstract_train_state(learner: Learner, sample_batch, seed: int, fsdp: bool = False):
+  """The TrainState's shapes and mesh shardings, without computing it (to restore into)."""
+  shapes = jax.eval_shape(
+    functools.partial(train_step_lib.init_train_state, network=learner.network,
+                      optimizer=learner.optimizer, sample_batch=sample_batch),
+    jax.random.PRNGKey(seed),
+  )
+  return sharding.replicated_shapes(shapes, learner.mesh, fsdp)
 
 
 def make_greedy_policy(network, params) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -86,6 +89,10 @@ def train(
   keep_checkpoints: int = 3,
   eval_every_steps: int = 0,
   eval_fn: Callable | None = None,
+  fsdp: bool = False,
+  data_quality: str | None = None,
+  phase: str = "pretrain",
+  init: str = "scratch",
 ) -> dict[str, float]:
   """Trains a multi-game Q-network (or a BC policy) on offline data.
 
@@ -108,6 +115,11 @@ def train(
     keep_checkpoints: how many checkpoints to keep.
     eval_every_steps: run `eval_fn` this often (0: only at the end if `eval_fn` is set).
     eval_fn: `(policy_fn, game_names, step, workdir) -> {name: float}` evaluation hook.
+    fsdp: split large parameters and their optimizer moments over the devices (ZeRO-3
+      style) instead of replicating them, for models whose state does not fit on one device.
+    data_quality, phase, init: labels recorded in run_info.json for reports
+      ("near_optimal" / "low_quality"; "pretrain" / "offline_finetune" / "online_finetune";
+      "scratch" / "pretrained").
 
   Returns:
     The last logged metrics (host floats).
@@ -128,20 +140,25 @@ def train(
   learner = build_learner(game_names, network_config, loss_config, optimizer_fn)
   sample_batch = dataset.batch(0)
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
+  abstract_state = abstract_train_state(learner, sample_batch, seed, fsdp)
   if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(abstract_train_state(learner, sample_batch, seed))
+    state = checkpointer.restore(abstract_state)
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
   else:
-    init = jax.jit(functools.partial(train_step_lib.init_train_state, network=learner.network,
-                                     optimizer=learner.optimizer, sample_batch=sample_batch),
-                   out_shardings=sharding.replicated(learner.mesh))
-    state = init(jax.random.key(seed))
+    state = train_step_lib.init_train_state(jax.random.PRNGKey(seed), learner.network,
+                                            learner.optimizer, sample_batch, learner.mesh, fsdp)
   start_step = int(state.step)
-  _write_run_info(workdir, game_names, network_config, loss_config, method, seed,
-                  global_batch_size, num_grad_steps, state.params)
+  _write_run_info(workdir, dict(
+    method=method, phase=phase, init=init, data_quality=data_quality,
+    game_names=list(game_names), seed=seed, global_batch_size=global_batch_size,
+    num_grad_steps=num_grad_steps, network_config=dataclasses.asdict(network_config),
+    loss_config=dataclasses.asdict(loss_config),
+    num_params=int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params))),
+  ))
 
-  step_fn = train_step_lib.make_train_step(learner.network, learner.loss_fn, learner.optimizer,
-                                           target_update_period, mesh=learner.mesh)
+  step_fn = train_step_lib.make_train_step(
+    learner.network, learner.loss_fn, learner.optimizer, target_update_period, mesh=learner.mesh,
+    state_sharding=jax.tree.map(lambda leaf: leaf.sharding, abstract_state))
   writer = metrics.MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
   progress = tqdm.tqdm(total=num_grad_steps, initial=start_step, unit="step", dynamic_ncols=True,
                        disable=jax.process_index() != 0)
@@ -183,23 +200,12 @@ def train(
   return last_logged
 
 
-def _write_run_info(workdir, game_names, network_config, loss_config, method, seed,
-                    global_batch_size, num_grad_steps, params) -> None:
+def _write_run_info(workdir: str, info: dict) -> None:
   """Records what the run is (and the gin config it used), for `load_policy` and reports."""
   if jax.process_index() != 0:
     return
   with open(os.path.join(workdir, OPERATIVE_CONFIG_FILE), "w") as f:
     f.write(gin.operative_config_str())
-  info = dict(
-    method=method,
-    game_names=list(game_names),
-    network_config=dataclasses.asdict(network_config),
-    loss_config=dataclasses.asdict(loss_config),
-    num_params=int(sum(np.prod(p.shape) for p in jax.tree.leaves(params))),
-    seed=seed,
-    global_batch_size=global_batch_size,
-    num_grad_steps=num_grad_steps,
-  )
   with open(os.path.join(workdir, RUN_INFO_FILE), "w") as f:
     json.dump(info, f, indent=2)
 
