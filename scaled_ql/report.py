@@ -13,10 +13,12 @@ subdirectories are runs is expanded. The report writes:
 - report.md: an index with every run used, its protocol and checkpoint, and what was left out.
 
 Nothing is dropped silently: every run or game not in a table is listed with the reason.
+
+This module reads the runs and computes the numbers; `report_tables` lays out the tables and
+`report_plots` draws the plots.
 """
 
 import collections
-import csv
 import dataclasses
 import json
 import os
@@ -24,18 +26,11 @@ import re
 import sys
 from collections.abc import Sequence
 
-import matplotlib
+import numpy as np
+from absl import app, flags
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from scaled_ql import evaluate, games, report_plots, report_tables, scores
 
-from scaled_ql import evaluate, games, scores  # noqa: E402
-
-METHOD_NAMES = {"scaled_ql": "Scaled QL", "dt": "DT", "bc": "BC"}
-QUALITIES = ("near_optimal", "low_quality")
-QUALITY_NAMES = {"near_optimal": "Near-optimal", "low_quality": "Low-quality"}
 REFERENCE_FILE = os.path.join(os.path.dirname(__file__), "reference_scores.json")
 
 
@@ -55,12 +50,6 @@ class Run:
   @property
   def group(self) -> tuple[str, str, int | None]:
     return (self.method, self.data_quality, self.num_params)
-
-
-def group_label(group) -> str:
-  method, quality, num_params = group
-  size = f", {num_params / 1e6:.2f}M params" if num_params else ""
-  return f"{METHOD_NAMES.get(method, method)} ({quality}{size})"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,229 +179,6 @@ def group_matrix(runs: Sequence[Run], left_out: list[str], label: str):
   return (scores.score_matrix(per_run, names) if names else None), names
 
 
-def _params(num_params: int | None) -> str:
-  return f" ({num_params / 1e6:.2f}M)" if num_params else ""
-
-
-def _fmt(est: scores.Estimate | None, ci: bool = True) -> str:
-  if est is None:
-    return "—"
-  text = f"{100 * est.value:.1f}%"
-  return f"{text} [{100 * est.ci_low:.1f}, {100 * est.ci_high:.1f}]" if ci else text
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing tables.
-# ---------------------------------------------------------------------------------------------
-
-
-def write_table(path_stem: str, header: Sequence[str], rows: Sequence[Sequence], latex=False):
-  """Writes a table as Markdown, CSV and (optionally) LaTeX."""
-  rows = [[str(c) for c in row] for row in rows]
-  with open(path_stem + ".md", "w") as f:
-    f.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
-    f.writelines("| " + " | ".join(row) + " |\n" for row in rows)
-  with open(path_stem + ".csv", "w", newline="") as f:
-    csv.writer(f).writerows([list(header), *rows])
-  if latex:
-    esc = lambda s: (  # noqa: E731
-      s.replace("%", r"\%").replace("_", r"\_").replace("—", "--").replace("±", r"$\pm$")
-    )
-    with open(path_stem + ".tex", "w") as f:
-      f.write("\\begin{tabular}{l" + "c" * (len(header) - 1) + "}\n\\toprule\n")
-      f.write(" & ".join(esc(h) for h in header) + " \\\\\n\\midrule\n")
-      f.writelines(" & ".join(esc(c) for c in row) + " \\\\\n" for row in rows)
-      f.write("\\bottomrule\n\\end{tabular}\n")
-
-
-def main_table(output, estimates, groups_used, references):
-  """Rows: methods; columns: IQM [CI] and median per data quality; reported numbers beside."""
-  header = ["Method"]
-  for q in QUALITIES:
-    header += [
-      f"{QUALITY_NAMES[q]} IQM [95% CI]",
-      f"{QUALITY_NAMES[q]} median",
-      f"{QUALITY_NAMES[q]} runs x games (params)",
-    ]
-  # The paper's three rows always appear (empty when no run was given), then any others.
-  methods = list(METHOD_NAMES) + sorted({g[0] for g in groups_used} - set(METHOD_NAMES))
-  rows = []
-  for method in methods:
-    row = [METHOD_NAMES.get(method, method)]
-    for q in QUALITIES:
-      group = next((g for g in groups_used if g[:2] == (method, q)), None)
-      est = estimates.get(group)
-      row += [
-        _fmt(est and est["iqm"]),
-        _fmt(est and est["median"], ci=False),
-        f"{est['_shape'][0]} x {est['_shape'][1]}{_params(group[2])}" if est else "—",
-      ]
-    rows.append(row)
-  for ref in references:
-    row = [f"{ref['label']} [{ref['source'].split(',')[0]}]"]
-    for q in QUALITIES:
-      hit = ref["data_quality"] == q
-      row += [
-        f"{ref['value_percent']:.0f}%" if hit and ref["metric"] == "iqm" else "—",
-        f"{ref['value_percent']:.0f}%" if hit and ref["metric"] == "median" else "—",
-        f"{ref['num_games']} games" if hit else "—",
-      ]
-    rows.append(row)
-  write_table(os.path.join(output, "main_table"), header, rows, latex=True)
-
-
-def finetune_table(output, name, runs, dqn_reference):
-  """Rows: game (variant); columns: pretrained vs from scratch, mean return and normalised."""
-  cells = collections.defaultdict(list)
-  for run in runs:
-    for game, r in run.results.games.items():
-      cells[(game, run.results.variant, run.init)].append(float(np.mean(r.returns)))
-  norm_name = "DQN-normalised" if dqn_reference else "human-normalised"
-  header = ["Game", "Variant"]
-  for init in ("pretrained", "scratch"):
-    header += [f"{init} return (mean ± sd over runs)", f"{init} {norm_name}", f"{init} runs"]
-  rows = []
-  for game, variant in sorted({k[:2] for k in cells}):
-    row = [game, variant]
-    for init in ("pretrained", "scratch"):
-      vals = cells.get((game, variant, init))
-      if not vals:
-        row += ["—", "—", 0]
-        continue
-      mean = float(np.mean(vals))
-      if dqn_reference and game in dqn_reference:
-        norm = scores.dqn_normalized_scores({game: [mean]}, dqn_reference)[game][0]
-      elif game in games.HUMAN_SCORES:
-        norm = games.human_normalized_score(game, mean)
-      else:
-        norm = None
-      row += [
-        f"{mean:.1f} ± {np.std(vals):.1f}",
-        "—" if norm is None else f"{100 * norm:.1f}%",
-        len(vals),
-      ]
-    rows.append(row)
-  write_table(os.path.join(output, name), header, rows)
-  return len(rows)
-
-
-# ---------------------------------------------------------------------------------------------
-# Plots.
-# ---------------------------------------------------------------------------------------------
-
-
-def plot_intervals(path, estimates):
-  labels = [group_label(g) for g in estimates]
-  fig, axes = plt.subplots(
-    1, len(scores.METRICS), figsize=(4 * len(scores.METRICS), 1 + 0.5 * len(labels))
-  )
-  for ax, metric in zip(axes, scores.METRICS, strict=True):
-    for y, est in enumerate(estimates.values()):
-      e = est[metric]
-      ax.barh(y, 100 * (e.ci_high - e.ci_low), left=100 * e.ci_low, height=0.6, alpha=0.6)
-      ax.plot([100 * e.value] * 2, [y - 0.3, y + 0.3], color="k")
-    ax.set_yticks(range(len(labels)), labels if metric == scores.METRICS[0] else [""] * len(labels))
-    ax.set_title(metric.replace("_", " ").upper() if metric == "iqm" else metric.replace("_", " "))
-    ax.set_xlabel("human-normalised score (%)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def plot_per_game(path, per_game_hns):
-  game_names = sorted({g for d in per_game_hns.values() for g in d})
-  fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(game_names) * max(1, len(per_game_hns))), 4))
-  width = 0.8 / max(1, len(per_game_hns))
-  for k, (group, by_game) in enumerate(per_game_hns.items()):
-    xs = np.arange(len(game_names)) + k * width
-    ax.bar(xs, [100 * by_game.get(g, np.nan) for g in game_names], width, label=group_label(group))
-  ax.set_xticks(np.arange(len(game_names)) + 0.4 - width / 2, game_names, rotation=60, ha="right")
-  ax.set_ylabel("human-normalised score (%)")
-  ax.axhline(100, color="gray", lw=0.5, ls="--")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def plot_profiles(path, matrices, reps, seed):
-  taus = np.linspace(-0.5, 2.5, 61)
-  profiles, cis = {}, {}
-  if matrices:
-    profiles, cis = scores.performance_profiles(
-      {group_label(g): m for g, m in matrices.items()}, taus, reps=reps, seed=seed
-    )
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for label, profile in profiles.items():
-    ax.plot(100 * taus, profile, label=label)
-    ax.fill_between(100 * taus, cis[label][0], cis[label][1], alpha=0.2)
-  ax.set_xlabel("human-normalised score threshold tau (%)")
-  ax.set_ylabel("fraction of runs x games with score > tau")
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def scaling(output, estimates, left_out):
-  """IQM vs parameters per (method, data quality), with a power-law fit where possible."""
-  series = collections.defaultdict(list)
-  for group, est in estimates.items():
-    if group[2]:
-      series[group[:2]].append((group[2], est["iqm"]))
-  fig, ax = plt.subplots(figsize=(6, 4))
-  rows = []
-  for (method, quality), points in sorted(series.items()):
-    points.sort(key=lambda p: p[0])
-    n = np.array([p[0] for p in points], np.float64)
-    iqm = np.array([p[1].value for p in points])
-    err = np.array([[p[1].value - p[1].ci_low, p[1].ci_high - p[1].value] for p in points]).T
-    label = f"{METHOD_NAMES.get(method, method)} ({quality})"
-    bars = ax.errorbar(n, 100 * iqm, yerr=100 * err, fmt="o", capsize=3, label=label)
-    positive = iqm > 0
-    if len(np.unique(n[positive])) < 2:
-      left_out.append(
-        f"scaling fit {label}: needs >= 2 model sizes with IQM > 0, have "
-        f"{int(positive.sum())} of {len(n)} sizes"
-      )
-      rows.append([method, quality, len(n), "—", "—", "—"])
-      continue
-    fit = scores.fit_power_law(n[positive], iqm[positive])
-    grid = np.geomspace(n.min(), n.max(), 50)
-    ax.plot(
-      grid,
-      100 * fit.coefficient * grid**fit.exponent,
-      color=bars[0].get_color(),
-      ls="--",
-      label=f"{label} fit: exponent {fit.exponent:.3f}",
-    )
-    rows.append(
-      [
-        method,
-        quality,
-        fit.num_points,
-        f"{fit.exponent:.4f}",
-        f"{fit.coefficient:.4g}",
-        f"{fit.r_squared:.3f}",
-      ]
-    )
-  ax.set_xscale("log")
-  if series and all(p[1].ci_low > 0 for points in series.values() for p in points):
-    ax.set_yscale("log")  # A power law is a straight line in log-log axes.
-  ax.set_xlabel("parameters")
-  ax.set_ylabel("IQM human-normalised score (%)")
-  ax.set_title("score = a * params^b (fit on IQM > 0)")
-  if series:
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(output, "scaling.png"), dpi=100)
-  plt.close(fig)
-  with open(os.path.join(output, "scaling.csv"), "w", newline="") as f:
-    csv.writer(f).writerows(
-      [["method", "data_quality", "num_sizes", "exponent", "coefficient", "r_squared"], *rows]
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # The report.
 # ---------------------------------------------------------------------------------------------
@@ -454,7 +220,7 @@ def build_report(
     by_group[run.group].append(run)
   matrices, estimates, per_game_hns, per_game_rows = {}, {}, {}, []
   for group, group_runs in sorted(by_group.items(), key=lambda kv: str(kv[0])):
-    label = group_label(group)
+    label = report_tables.group_label(group)
     matrix, names = group_matrix(group_runs, left_out, label)
     for game in sorted({g for r in group_runs for g in r.results.games}):
       returns = [
@@ -480,12 +246,14 @@ def build_report(
     per_game_hns[group] = dict(zip(names, matrix.mean(axis=0), strict=True))
   if matrices:
     cis = scores.aggregate_with_cis(
-      {group_label(g): m for g, m in matrices.items()},
+      {report_tables.group_label(g): m for g, m in matrices.items()},
       reps=reps,
       seed=seed,
       task_bootstrap=task_bootstrap,
     )
-    estimates = {g: {**cis[group_label(g)], "_shape": m.shape} for g, m in matrices.items()}
+    estimates = {
+      g: {**cis[report_tables.group_label(g)], "_shape": m.shape} for g, m in matrices.items()
+    }
 
   # -- Main table: the largest model of each (method, data quality).
   groups_used = []
@@ -494,25 +262,28 @@ def build_report(
     groups_used.append(sizes[-1])
     for g in sizes[:-1]:
       left_out.append(
-        f"main table: {group_label(g)} not shown (the largest model of "
+        f"main table: {report_tables.group_label(g)} not shown (the largest model of "
         f"{key} is); it is in scaling.png and per_game"
       )
   for g in estimates:
-    if g[1] not in QUALITIES:
+    if g[1] not in report_tables.QUALITIES:
       left_out.append(
-        f"main table: {group_label(g)} has data_quality '{g[1]}', not one of "
-        f"{QUALITIES}; it is in the plots and per_game only"
+        f"main table: {report_tables.group_label(g)} has data_quality '{g[1]}', not one of "
+        f"{report_tables.QUALITIES}; it is in the plots and per_game only"
       )
   with open(REFERENCE_FILE) as f:
-    references = [e for e in json.load(f)["entries"] if e["data_quality"] in QUALITIES]
-  for method in METHOD_NAMES:
-    for q in QUALITIES:
+    references = [
+      e for e in json.load(f)["entries"] if e["data_quality"] in report_tables.QUALITIES
+    ]
+  for method in report_tables.METHOD_NAMES:
+    for q in report_tables.QUALITIES:
       if not any(g[:2] == (method, q) for g in groups_used):
         left_out.append(
-          f"main table: no evaluated {METHOD_NAMES[method]} runs on {q} data (cell shows —)"
+          f"main table: no evaluated {report_tables.METHOD_NAMES[method]} runs on {q} data "
+          "(cell shows —)"
         )
-  main_table(output, estimates, groups_used, references)
-  write_table(
+  report_tables.main_table(output, estimates, groups_used, references)
+  report_tables.write_table(
     os.path.join(output, "per_game"),
     ["Game", "Group", "Runs", "Mean return", "SD over runs", "Human-normalised"],
     per_game_rows,
@@ -522,15 +293,15 @@ def build_report(
   for phase in ("offline_finetune", "online_finetune"):
     phase_runs = [r for r in runs if r.phase == phase]
     name = "finetune_" + phase.split("_")[0]
-    finetune_table(output, name, phase_runs, dqn_reference)
+    report_tables.finetune_table(output, name, phase_runs, dqn_reference)
     if not phase_runs:
       left_out.append(f"{name}: no runs with phase '{phase}' (table written empty)")
 
   # -- Plots (written even when empty, so the set of files is always the same).
-  plot_intervals(os.path.join(output, "iqm_ci.png"), estimates)
-  plot_per_game(os.path.join(output, "per_game.png"), per_game_hns)
-  plot_profiles(os.path.join(output, "performance_profile.png"), matrices, reps, seed)
-  scaling(output, estimates, left_out)
+  report_plots.plot_intervals(os.path.join(output, "iqm_ci.png"), estimates)
+  report_plots.plot_per_game(os.path.join(output, "per_game.png"), per_game_hns)
+  report_plots.plot_profiles(os.path.join(output, "performance_profile.png"), matrices, reps, seed)
+  report_plots.scaling(output, estimates, left_out)
   _write_index(output, runs, left_out, protocol, task_bootstrap, reps)
   return left_out
 

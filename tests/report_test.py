@@ -11,7 +11,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from scaled_ql import atari, evaluate, games, report, scores
+from scaled_ql import atari, evaluate, games, report, report_plots, report_tables, scores
 
 _GAMES = ["Breakout", "Pong"]
 _PNGS = ["iqm_ci.png", "per_game.png", "performance_profile.png", "scaling.png"]
@@ -143,7 +143,7 @@ def test_scaling_fit_is_written(tmp_path):
     for n, v in [(1e6, 0.5), (1e7, 0.5 * 10**0.2), (1e8, 0.5 * 100**0.2)]
   }
   left_out = []
-  report.scaling(str(tmp_path), estimates, left_out)
+  report_plots.scaling(str(tmp_path), estimates, left_out)
   with open(tmp_path / "scaling.csv") as f:
     row = list(csv.DictReader(f))[0]
   assert float(row["exponent"]) == pytest.approx(0.2, abs=1e-4)
@@ -192,7 +192,7 @@ def test_finetune_table_uses_dqn_reference_when_given(tmp_path):
 
   runs = [run("pretrained", [0.0, 2.0]), run("scratch", [-20.7, -20.7])]
   # DQN-normalised with a DQN reference of 9.3 for Pong: (1.0 + 20.7) / (9.3 + 20.7) = 72.3%.
-  report.finetune_table(str(tmp_path), "ft", runs, {"Pong": 9.3})
+  report_tables.finetune_table(str(tmp_path), "ft", runs, {"Pong": 9.3})
   with open(tmp_path / "ft.csv") as f:
     row = list(csv.DictReader(f))[0]
   assert row["pretrained DQN-normalised"] == "72.3%"

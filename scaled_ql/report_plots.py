@@ -1,0 +1,133 @@
+"""PNG plots for the report: IQM intervals, per-game bars, performance profiles, scaling.
+
+`scaled_ql.report` gathers the numbers; this module only draws them (headless, Agg backend).
+"""
+
+import collections
+import csv
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from scaled_ql import report_tables, scores  # noqa: E402
+
+
+def plot_intervals(path, estimates):
+  labels = [report_tables.group_label(g) for g in estimates]
+  fig, axes = plt.subplots(
+    1, len(scores.METRICS), figsize=(4 * len(scores.METRICS), 1 + 0.5 * len(labels))
+  )
+  for ax, metric in zip(axes, scores.METRICS, strict=True):
+    for y, est in enumerate(estimates.values()):
+      e = est[metric]
+      ax.barh(y, 100 * (e.ci_high - e.ci_low), left=100 * e.ci_low, height=0.6, alpha=0.6)
+      ax.plot([100 * e.value] * 2, [y - 0.3, y + 0.3], color="k")
+    ax.set_yticks(range(len(labels)), labels if metric == scores.METRICS[0] else [""] * len(labels))
+    ax.set_title(metric.replace("_", " ").upper() if metric == "iqm" else metric.replace("_", " "))
+    ax.set_xlabel("human-normalised score (%)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_per_game(path, per_game_hns):
+  game_names = sorted({g for d in per_game_hns.values() for g in d})
+  fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(game_names) * max(1, len(per_game_hns))), 4))
+  width = 0.8 / max(1, len(per_game_hns))
+  for k, (group, by_game) in enumerate(per_game_hns.items()):
+    xs = np.arange(len(game_names)) + k * width
+    ax.bar(
+      xs,
+      [100 * by_game.get(g, np.nan) for g in game_names],
+      width,
+      label=report_tables.group_label(group),
+    )
+  ax.set_xticks(np.arange(len(game_names)) + 0.4 - width / 2, game_names, rotation=60, ha="right")
+  ax.set_ylabel("human-normalised score (%)")
+  ax.axhline(100, color="gray", lw=0.5, ls="--")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_profiles(path, matrices, reps, seed):
+  taus = np.linspace(-0.5, 2.5, 61)
+  profiles, cis = {}, {}
+  if matrices:
+    profiles, cis = scores.performance_profiles(
+      {report_tables.group_label(g): m for g, m in matrices.items()}, taus, reps=reps, seed=seed
+    )
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, profile in profiles.items():
+    ax.plot(100 * taus, profile, label=label)
+    ax.fill_between(100 * taus, cis[label][0], cis[label][1], alpha=0.2)
+  ax.set_xlabel("human-normalised score threshold tau (%)")
+  ax.set_ylabel("fraction of runs x games with score > tau")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def scaling(output, estimates, left_out):
+  """IQM vs parameters per (method, data quality), with a power-law fit where possible."""
+  series = collections.defaultdict(list)
+  for group, est in estimates.items():
+    if group[2]:
+      series[group[:2]].append((group[2], est["iqm"]))
+  fig, ax = plt.subplots(figsize=(6, 4))
+  rows = []
+  for (method, quality), points in sorted(series.items()):
+    points.sort(key=lambda p: p[0])
+    n = np.array([p[0] for p in points], np.float64)
+    iqm = np.array([p[1].value for p in points])
+    err = np.array([[p[1].value - p[1].ci_low, p[1].ci_high - p[1].value] for p in points]).T
+    label = f"{report_tables.METHOD_NAMES.get(method, method)} ({quality})"
+    bars = ax.errorbar(n, 100 * iqm, yerr=100 * err, fmt="o", capsize=3, label=label)
+    positive = iqm > 0
+    if len(np.unique(n[positive])) < 2:
+      left_out.append(
+        f"scaling fit {label}: needs >= 2 model sizes with IQM > 0, have "
+        f"{int(positive.sum())} of {len(n)} sizes"
+      )
+      rows.append([method, quality, len(n), "—", "—", "—"])
+      continue
+    fit = scores.fit_power_law(n[positive], iqm[positive])
+    grid = np.geomspace(n.min(), n.max(), 50)
+    ax.plot(
+      grid,
+      100 * fit.coefficient * grid**fit.exponent,
+      color=bars[0].get_color(),
+      ls="--",
+      label=f"{label} fit: exponent {fit.exponent:.3f}",
+    )
+    rows.append(
+      [
+        method,
+        quality,
+        fit.num_points,
+        f"{fit.exponent:.4f}",
+        f"{fit.coefficient:.4g}",
+        f"{fit.r_squared:.3f}",
+      ]
+    )
+  ax.set_xscale("log")
+  if series and all(p[1].ci_low > 0 for points in series.values() for p in points):
+    ax.set_yscale("log")  # A power law is a straight line in log-log axes.
+  ax.set_xlabel("parameters")
+  ax.set_ylabel("IQM human-normalised score (%)")
+  ax.set_title("score = a * params^b (fit on IQM > 0)")
+  if series:
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(output, "scaling.png"), dpi=100)
+  plt.close(fig)
+  with open(os.path.join(output, "scaling.csv"), "w", newline="") as f:
+    csv.writer(f).writerows(
+      [["method", "data_quality", "num_sizes", "exponent", "coefficient", "r_squared"], *rows]
+    )
