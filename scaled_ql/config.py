@@ -96,8 +96,16 @@ def require_workdir() -> str:
   return flags.FLAGS.workdir
 
 
+def _quiet_library_logs() -> None:
+  """Keeps orbax's per-save INFO lines (about 30 a checkpoint) out of the console."""
+  logging.get_absl_handler().addFilter(
+    lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+  )
+
+
 def run_main(main: Callable[[], None]) -> None:
   """Runs `main()`, reporting user mistakes as one line (set SCALED_QL_TRACEBACK=1 for more)."""
+  _quiet_library_logs()
   try:
     main()
   except (UserError, ValueError, FileNotFoundError, PermissionError) as e:

@@ -7,12 +7,18 @@ Per-game metrics arrive as `[num_games]` vectors and are written one scalar per 
 import json
 import math
 import os
+import sys
 import time
+import types
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+# The event writer would import all of TensorFlow (8 s, and its CUDA probing in the log) for
+# file I/O; TensorBoard's documented `compat.notf` switch selects its TF-free stub instead.
+sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 
 class NonFiniteMetricError(FloatingPointError):

@@ -20,7 +20,9 @@ def main() -> None:
   config.parse_gin(config.flags.FLAGS.gin_file, config.flags.FLAGS.gin_bindings)
   config.initialize_distributed()
   final_metrics = trainer.train(workdir)
-  logging.info("Done. Last metrics: %s", final_metrics)
+  shown = {k: round(v, 4) for k, v in final_metrics.items() if "/" not in k or k.startswith("eval/")}
+  logging.info("Done: %s. Checkpoints, metrics.jsonl and TensorBoard logs are in %s.", shown,
+               workdir)
 
 
 if __name__ == "__main__":

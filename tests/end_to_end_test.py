@@ -85,7 +85,7 @@ def test_pretrain_resumes_exactly(shard_dir, tmp_path):
   train_rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5]
   assert all(np.isfinite(r["loss"]) for r in train_rows)
-  assert {"td_loss/Breakout", "td_loss/Pong"} <= set(train_rows[-1])
+  assert {"per_game/td_loss/Breakout", "per_game/td_loss/Pong"} <= set(train_rows[-1])
   assert any("eval/Breakout/return" in r for r in rows)
   for name in ("operative_config.gin", "run_info.json"):
     assert os.path.exists(os.path.join(resumed, name))
