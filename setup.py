@@ -19,7 +19,7 @@ setuptools.setup(
         "dm-haiku>=0.0.14",
         "gin-config>=0.5.0",
         "gymnasium[atari]>=1.0",
-        "importlib_resources",  # tfds-nightly's builders need it and do not declare it.
+        "importlib_resources>=6",  # tfds-nightly's builders need it and do not declare it.
         "jax>=0.7",
         "matplotlib>=3.9",
         "numpy>=1.26",

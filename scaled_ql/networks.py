@@ -1,0 +1,419 @@
+"""The Scaled QL network: ResNet torso, spatial embedding, feature norm, per-game C51 heads.
+
+    obs uint8 [B, 84, 84, 4] -> /255 -> torso (ResNet with GroupNorm | Nature CNN)
+      -> [B, H, W, C] -> learned spatial embedding (or global mean pool) -> [B, C * F]
+      -> projection Dense(D) + ReLU -> feature normalization = representation [B, D]
+      -> per-game linear head, stacked [G, D, A_max * N], selected by game_id -> logits
+
+This is the only module that imports haiku. Everything is configured by a plain
+`NetworkConfig`; `make_network` is the one `hk.transform` site.
+
+Sizes. The paper reports about 31M / 60M / 79M parameters for its ResNet-34 / 50 / 101
+configurations with 40 games (DESIGN.md section 4); the appendix details of its spatial
+embedding and projection were not retrievable here, so the defaults below are chosen to
+land on those totals with standard ResNet widths (64..512 basic, 256..2048 bottleneck):
+  * basic-block torsos (resnet18/34, final C=512): F=16 embedding features per channel,
+    projection D=256 -> resnet34 ~30M (trunk 21.3M, projection 2.1M, heads 6.6M).
+  * bottleneck torsos (resnet50/101, final C=2048): F=32, D=384 -> resnet50 ~59M,
+    resnet101 ~78M (trunk 23.5M / 42.5M, projection 25.2M, heads 9.8M).
+Head counts use each game's own |A_game| x 51 outputs (what the paper's per-game heads
+hold); the stacked implementation also allocates unused slots up to A_max, which
+`count_params` reports separately as `heads_allocated`.
+
+`python -m scaled_ql.networks --model=resnet101 --num_games=40` prints the breakdown
+without compiling anything (shapes only, via `jax.eval_shape`).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Q-value given to action slots a game does not have: never the argmax, exp() == 0 in
+# a logsumexp, and finite so that arithmetic on it stays NaN-free.
+ILLEGAL_ACTION_VALUE = -1e9
+
+# Per torso: block kind, blocks per stage, stage widths, default embedding features F,
+# default projection dim D. Stage widths are the standard ResNet ones (bottleneck blocks
+# output 4x the listed width).
+_TORSOS = {
+  "resnet18": ("basic", (2, 2, 2, 2), (64, 128, 256, 512), 16, 256),
+  "resnet34": ("basic", (3, 4, 6, 3), (64, 128, 256, 512), 16, 256),
+  "resnet50": ("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), 32, 384),
+  "resnet101": ("bottleneck", (3, 4, 23, 3), (64, 128, 256, 512), 32, 384),
+  # A CPU-sized ResNet for the embedded default and tests: one basic block per stage.
+  "small": ("basic", (1, 1, 1, 1), (16, 32, 64, 64), 8, 128),
+  # Mnih et al. (2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1 (widths are the conv widths).
+  "nature_cnn": ("nature", (), (32, 64, 64), 8, 256),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+  """Plain-value network configuration (gin binds its fields; the network never reads gin).
+
+  `None` fields take the torso's default from `_TORSOS`; `resolved()` fills them in.
+  """
+
+  torso: str = "resnet101"
+  widths: tuple[int, ...] | None = None
+  num_groups: int = 32  # GroupNorm groups (Wu & He 2018 default); capped by the width.
+  spatial_embedding: bool = True  # False: global mean pooling (the ablation).
+  spatial_embedding_features: int | None = None  # F, features per channel.
+  projection_dim: int | None = None  # D, size of the representation.
+  feature_norm: bool = True  # Normalise the representation (the ablation switches it off).
+  # Norm of the normalised representation; None: sqrt(D), i.e. unit RMS per feature, so the
+  # fan-in-initialised heads start with O(1) logits and Adam moves them at the usual rate
+  # (with norm 1, logits start at O(1/sqrt(D)) and learn about sqrt(D) times slower).
+  # 1.0 is plain L2 normalisation. The paper's exact form is unverified.
+  feature_norm_scale: float | None = None
+  num_atoms: int = 51
+  v_min: float = -10.0
+  v_max: float = 10.0
+  distributional: bool = True  # False: one scalar Q per action (the MSE ablation).
+
+  def resolved(self) -> "NetworkConfig":
+    if self.torso not in _TORSOS:
+      raise ValueError(f"Unknown torso {self.torso!r}; expected one of {sorted(_TORSOS)}.")
+    _, _, widths, features, dim = _TORSOS[self.torso]
+    return dataclasses.replace(
+      self,
+      widths=tuple(self.widths or widths),
+      spatial_embedding_features=self.spatial_embedding_features or features,
+      projection_dim=self.projection_dim or dim,
+    )
+
+  @property
+  def atoms_per_action(self) -> int:
+    return self.num_atoms if self.distributional else 1
+
+
+def support(config: NetworkConfig) -> jnp.ndarray:
+  """The C51 support `[N]`, evenly spaced on [v_min, v_max]."""
+  return jnp.linspace(config.v_min, config.v_max, config.num_atoms, dtype=jnp.float32)
+
+
+class NetworkOutput(NamedTuple):
+  """Network outputs for a batch of B observations and A_max action slots.
+
+  Attributes:
+    q_values: [B, A_max] expected Q; slots beyond the game's action count hold
+      ILLEGAL_ACTION_VALUE.
+    logits: [B, A_max, N] categorical logits over the support (N = 1 holding Q itself
+      when the network is not distributional). Illegal slots are not masked here.
+    representation: [B, D] the last shared layer (after feature normalization, if on).
+    legal_actions: [B, A_max] bool, True for the game's own actions.
+  """
+
+  q_values: jnp.ndarray
+  logits: jnp.ndarray
+  representation: jnp.ndarray
+  legal_actions: jnp.ndarray
+
+
+# ----------------------------------------------------------------------------- torsos
+
+
+class GroupNorm(hk.Module):
+  """GroupNorm (Wu & He 2018) for [B, H, W, C], statistics via per-channel means.
+
+  Same values as hk.GroupNorm, but per-group statistics are formed from per-channel
+  spatial means and a [C, G] membership matmul instead of reductions over a reshaped
+  [B, H, W, G, C/G] tensor, which XLA:CPU runs about 10x slower (forward and backward).
+  """
+
+  def __init__(self, channels, num_groups, scale_init=jnp.ones, eps=1e-5, name=None):
+    super().__init__(name=name)
+    self._num_groups = min(num_groups, channels)
+    if channels % self._num_groups:
+      raise ValueError(f"GroupNorm: {channels} channels not divisible into {num_groups} groups.")
+    self._channels, self._scale_init, self._eps = channels, scale_init, eps
+
+  def __call__(self, x):
+    channels, group_size = self._channels, self._channels // self._num_groups
+    members = np.arange(channels)[:, None] // group_size == np.arange(self._num_groups)[None, :]
+    members = jnp.asarray(members, x.dtype)  # [C, G]
+
+    def group_mean(per_channel):  # [B, C] -> the mean of each channel's group, [B, C]
+      return (per_channel @ members / group_size) @ members.T
+
+    mean = group_mean(jnp.mean(x, axis=(1, 2)))[:, None, None, :]
+    centered = x - mean
+    var = group_mean(jnp.mean(jnp.square(centered), axis=(1, 2)))[:, None, None, :]
+    scale = hk.get_parameter("scale", (channels,), x.dtype, init=self._scale_init)
+    offset = hk.get_parameter("offset", (channels,), x.dtype, init=jnp.zeros)
+    return centered * (jax.lax.rsqrt(var + self._eps) * scale) + offset
+
+
+def max_pool_3x3_stride2(x):
+  """3x3 max pooling, stride 2, SAME padding, as the max of 9 strided slices.
+
+  Same values as hk.max_pool; its gradient is elementwise selects instead of XLA's
+  SelectAndScatter, which is 5-7x slower on CPU.
+  """
+  batch_size, height, width, channels = x.shape
+  out_h, out_w = -(-height // 2), -(-width // 2)
+  pad_h, pad_w = max(2 * out_h + 1 - height, 0), max(2 * out_w + 1 - width, 0)
+  pads = ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+  x = jnp.pad(x, pads, constant_values=-jnp.inf)
+  windows = [
+    jax.lax.slice(
+      x,
+      (0, dy, dx, 0),
+      (batch_size, dy + 2 * out_h - 1, dx + 2 * out_w - 1, channels),
+      (1, 2, 2, 1),
+    )
+    for dy in range(3)
+    for dx in range(3)
+  ]
+  return functools.reduce(jnp.maximum, windows)
+
+
+class _Block(hk.Module):
+  """Residual block (He et al. 2016, post-activation), basic or bottleneck, with GroupNorm."""
+
+  def __init__(self, width, stride, bottleneck, num_groups, project, name=None):
+    super().__init__(name=name)
+    self._width, self._stride, self._bottleneck = width, stride, bottleneck
+    self._num_groups, self._project = num_groups, project
+
+  def __call__(self, x):
+    out_channels = 4 * self._width if self._bottleneck else self._width
+    shortcut = x
+    if self._project:
+      shortcut = hk.Conv2D(out_channels, 1, self._stride, with_bias=False, name="proj_conv")(x)
+      shortcut = GroupNorm(out_channels, self._num_groups, name="proj_norm")(shortcut)
+    if self._bottleneck:
+      convs = [(self._width, 1, 1), (self._width, 3, self._stride), (out_channels, 1, 1)]
+    else:
+      convs = [(self._width, 3, self._stride), (out_channels, 3, 1)]
+    for i, (channels, kernel, stride) in enumerate(convs):
+      x = hk.Conv2D(channels, kernel, stride, with_bias=False, name=f"conv_{i}")(x)
+      # Zero-init the last norm's scale so every block starts as the identity (Goyal et al.).
+      scale_init = jnp.zeros if i == len(convs) - 1 else jnp.ones
+      x = GroupNorm(channels, self._num_groups, scale_init, name=f"norm_{i}")(x)
+      if i < len(convs) - 1:
+        x = jax.nn.relu(x)
+    return jax.nn.relu(x + shortcut)
+
+
+class ResNetTorso(hk.Module):
+  """ResNet-18/34/50/101 with GroupNorm, no pooling head: [B,84,84,4] -> [B,3,3,C]."""
+
+  def __init__(self, stage_sizes, widths, bottleneck, num_groups, name=None):
+    super().__init__(name=name)
+    self._stage_sizes, self._widths = stage_sizes, widths
+    self._bottleneck, self._num_groups = bottleneck, num_groups
+
+  def __call__(self, x):
+    x = hk.Conv2D(self._widths[0], 7, 2, with_bias=False, name="stem_conv")(x)
+    x = jax.nn.relu(GroupNorm(self._widths[0], self._num_groups, name="stem_norm")(x))
+    x = max_pool_3x3_stride2(x)
+    in_channels = self._widths[0]
+    for stage, (num_blocks, width) in enumerate(zip(self._stage_sizes, self._widths, strict=True)):
+      out_channels = 4 * width if self._bottleneck else width
+      for block in range(num_blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        project = block == 0 and (stride != 1 or in_channels != out_channels)
+        x = _Block(
+          width, stride, self._bottleneck, self._num_groups, project, f"stage{stage}_{block}"
+        )(x)
+        in_channels = out_channels
+    return x
+
+
+class NatureTorso(hk.Module):
+  """The DQN torso (Mnih et al. 2015): [B,84,84,4] -> [B,7,7,64]."""
+
+  def __init__(self, widths, name=None):
+    super().__init__(name=name)
+    self._widths = widths
+
+  def __call__(self, x):
+    for i, (channels, kernel, stride) in enumerate(
+      zip(self._widths, (8, 4, 3), (4, 2, 1), strict=True)
+    ):
+      x = jax.nn.relu(hk.Conv2D(channels, kernel, stride, padding="VALID", name=f"conv_{i}")(x))
+    return x
+
+
+# ----------------------------------------------------------------------------- neck and heads
+
+
+class SpatialEmbedding(hk.Module):
+  """Learned spatial embedding: out[b, c, f] = sum_hw x[b, h, w, c] K[h, w, c, f].
+
+  Replaces global pooling so that where a feature fires is kept (F weightings per channel).
+  """
+
+  def __init__(self, num_features, name=None):
+    super().__init__(name=name)
+    self._num_features = num_features
+
+  def __call__(self, x):
+    _, height, width, channels = x.shape
+    kernel = hk.get_parameter(
+      "kernel",
+      (height, width, channels, self._num_features),
+      init=hk.initializers.TruncatedNormal(1.0 / np.sqrt(height * width)),
+    )
+    return jnp.einsum("bhwc,hwcf->bcf", x, kernel).reshape(x.shape[0], -1)
+
+
+class MultiGameHead(hk.Module):
+  """One linear head per game, stacked as [G, D, K] and selected by game_id.
+
+  The selection is a single matmul of the one-hot-expanded representation [B, G * D]
+  with the flattened heads [G * D, K]: no Python loop over games, no per-example
+  weight gather (which would materialise [B, D, K]).
+  """
+
+  def __init__(self, num_games, output_size, name=None):
+    super().__init__(name=name)
+    self._num_games, self._output_size = num_games, output_size
+
+  def __call__(self, representation, game_id):
+    batch_size, dim = representation.shape
+    w = hk.get_parameter(
+      "w",
+      (self._num_games, dim, self._output_size),
+      init=hk.initializers.TruncatedNormal(1.0 / np.sqrt(dim)),
+    )
+    b = hk.get_parameter("b", (self._num_games, self._output_size), init=jnp.zeros)
+    one_hot = jax.nn.one_hot(game_id, self._num_games, dtype=representation.dtype)  # [B, G]
+    expanded = (one_hot[:, :, None] * representation[:, None, :]).reshape(batch_size, -1)
+    return expanded @ w.reshape(-1, self._output_size) + one_hot @ b
+
+
+class ScaledQLNetwork(hk.Module):
+  """Torso, spatial embedding, projection, feature norm and per-game heads."""
+
+  def __init__(self, config: NetworkConfig, num_actions: Sequence[int], name=None):
+    super().__init__(name=name)
+    self._config = config.resolved()
+    self._num_actions = tuple(int(a) for a in num_actions)
+
+  def __call__(self, obs, game_id) -> NetworkOutput:
+    config, num_atoms = self._config, self._config.atoms_per_action
+    num_games, max_actions = len(self._num_actions), max(self._num_actions)
+    x = obs.astype(jnp.float32) / 255.0
+    kind, stage_sizes, _, _, _ = _TORSOS[config.torso]
+    if kind == "nature":
+      x = NatureTorso(config.widths, name="torso")(x)
+    else:
+      x = ResNetTorso(stage_sizes, config.widths, kind == "bottleneck", config.num_groups, "torso")(
+        x
+      )
+
+    if config.spatial_embedding:
+      x = SpatialEmbedding(config.spatial_embedding_features, name="spatial_embedding")(x)
+    else:
+      x = jnp.mean(x, axis=(1, 2))
+    x = jax.nn.relu(hk.Linear(config.projection_dim, name="projection")(x))
+    if config.feature_norm:
+      scale = config.feature_norm_scale or np.sqrt(config.projection_dim)
+      x = scale * x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)
+    representation = x
+
+    logits = MultiGameHead(num_games, max_actions * num_atoms, name="heads")(x, game_id)
+    logits = logits.reshape(-1, max_actions, num_atoms)
+    legal_table = np.arange(max_actions)[None, :] < np.asarray(self._num_actions)[:, None]
+    legal_actions = jnp.asarray(legal_table)[game_id]  # [B, A_max]
+    if config.distributional:
+      q_values = jnp.sum(jax.nn.softmax(logits, axis=-1) * support(config), axis=-1)
+    else:
+      q_values = logits[..., 0]
+    q_values = jnp.where(legal_actions, q_values, ILLEGAL_ACTION_VALUE)
+    return NetworkOutput(q_values, logits, representation, legal_actions)
+
+
+def make_network(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Transformed:
+  """Builds the network; apply(params, obs, game_id) -> NetworkOutput (no rng).
+
+  Args:
+    config: the network configuration.
+    num_actions: `num_actions[g]` is the minimal action-set size of game g.
+
+  Returns:
+    A haiku Transformed with init(rng, obs uint8 [B,84,84,4], game_id int32 [B]).
+  """
+
+  def forward(obs, game_id):
+    return ScaledQLNetwork(config, num_actions, name="scaled_ql")(obs, game_id)
+
+  return hk.without_apply_rng(hk.transform(forward))
+
+
+# ----------------------------------------------------------------------------- parameter counts
+
+_PARAM_GROUPS = ("torso", "spatial_embedding", "projection", "heads")
+
+
+def count_params(config: NetworkConfig, num_actions: Sequence[int]) -> dict[str, int]:
+  """Parameter counts by part, from shapes only (`jax.eval_shape`: nothing is compiled).
+
+  Args:
+    config: the network configuration.
+    num_actions: minimal action-set size per game.
+
+  Returns:
+    {"torso", "spatial_embedding", "projection", "heads", "total"} where heads and total
+    count each game's own |A_game| x N outputs, plus "heads_allocated" and
+    "total_allocated" including the stacked heads' unused slots up to A_max.
+  """
+  network = make_network(config, num_actions)
+  obs = jax.ShapeDtypeStruct((1, 84, 84, 4), jnp.uint8)
+  game_id = jax.ShapeDtypeStruct((1,), jnp.int32)
+  shapes = jax.eval_shape(network.init, jax.random.PRNGKey(0), obs, game_id)
+  counts = dict.fromkeys(_PARAM_GROUPS, 0)
+  for module_name, module_params in shapes.items():
+    group = next(g for g in _PARAM_GROUPS if g in module_name.split("/"))
+    counts[group] += sum(int(np.prod(p.shape)) for p in module_params.values())
+  counts["heads_allocated"] = counts["heads"]
+  head_size = config.atoms_per_action * (config.resolved().projection_dim + 1)  # w and b
+  counts["heads"] = sum(int(a) * head_size for a in num_actions)
+  shared = counts["torso"] + counts["spatial_embedding"] + counts["projection"]
+  counts["total"] = shared + counts["heads"]
+  counts["total_allocated"] = shared + counts["heads_allocated"]
+  return counts
+
+
+def _main(argv):
+  del argv
+  flags = _absl_flags.FLAGS
+  if flags.num_actions:
+    num_actions = [int(a) for a in flags.num_actions.split(",")]
+    if len(num_actions) == 1:
+      num_actions *= flags.num_games
+  else:
+    num_actions = [18] * flags.num_games  # The full action set: an upper bound.
+  if len(num_actions) != flags.num_games:
+    raise SystemExit(
+      f"--num_actions has {len(num_actions)} entries; --num_games={flags.num_games}."
+    )
+  config = NetworkConfig(torso=flags.model)
+  counts = count_params(config, num_actions)
+  resolved = config.resolved()
+  print(
+    f"{flags.model}: widths={resolved.widths} F={resolved.spatial_embedding_features} "
+    f"D={resolved.projection_dim} games={flags.num_games} actions={sum(num_actions)}"
+  )
+  for name, value in counts.items():
+    print(f"  {name:18s} {value:>12,d}  ({value / 1e6:.2f}M)")
+
+
+if __name__ == "__main__":
+  from absl import app
+  from absl import flags as _absl_flags
+
+  _absl_flags.DEFINE_string("model", "resnet101", f"Torso: one of {sorted(_TORSOS)}.")
+  _absl_flags.DEFINE_integer("num_games", 40, "Number of games (heads).")
+  _absl_flags.DEFINE_string(
+    "num_actions", "", "Actions per game: one int for all, or a comma list. Default 18 each."
+  )
+  app.run(_main)

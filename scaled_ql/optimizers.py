@@ -1,0 +1,44 @@
+"""The optimizer: Adam (paper appendix B.3: learning rate 2e-4), optional clipping and warm-up."""
+
+import optax
+
+# Adam epsilon of dopamine's JAX C51/Rainbow agents (0.01 / 32); the paper does not state
+# its own (unverified), so this is the value its C51 lineage used.
+DOPAMINE_ADAM_EPS = 0.0003125
+
+
+def make_optimizer(
+  learning_rate: float = 2e-4,
+  max_grad_norm: float | None = None,
+  adam_eps: float = DOPAMINE_ADAM_EPS,
+  adam_b1: float = 0.9,
+  adam_b2: float = 0.999,
+  warmup_steps: int = 0,
+  weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+  """Builds Adam (AdamW when weight_decay > 0) with optional global-norm clipping.
+
+  Args:
+    learning_rate: peak learning rate (2e-4 pretraining; 1e-4 offline fine-tuning).
+    max_grad_norm: clip gradients to this global norm first; None disables clipping.
+    adam_eps: Adam's epsilon.
+    adam_b1: Adam's first-moment decay.
+    adam_b2: Adam's second-moment decay.
+    warmup_steps: linear warm-up from 0 over this many gradient steps (0: none).
+    weight_decay: decoupled weight decay (0: plain Adam).
+
+  Returns:
+    The optax gradient transformation.
+  """
+  if learning_rate <= 0:
+    raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+  schedule = learning_rate
+  if warmup_steps > 0:
+    schedule = optax.linear_schedule(0.0, learning_rate, transition_steps=warmup_steps)
+  if weight_decay:
+    adam = optax.adamw(schedule, b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=weight_decay)
+  else:
+    adam = optax.adam(schedule, b1=adam_b1, b2=adam_b2, eps=adam_eps)
+  if max_grad_norm is None:
+    return adam
+  return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)

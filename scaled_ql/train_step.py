@@ -1,0 +1,137 @@
+"""The learner: one immutable TrainState and a pure, jitted `(state, batch) -> (state, metrics)`.
+
+    rng_t = fold_in(state.rng, state.step)                       (resuming needs no RNG state)
+    grads = d loss_fn(params, target_params, batch, rng_t) / d params
+    params <- Adam(grads);  step <- step + 1
+    target_params <- params  iff  step % target_update_period == 0   (branch-free)
+
+With a mesh, the step is jitted with NamedShardings: the batch split on its leading axis,
+the state replicated (data parallel) or, with `state_sharding` from
+`sharding.state_sharding(state, mesh, fsdp=True)`, split FSDP-style. The state is donated.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from scaled_ql import sharding, types
+
+
+class TrainState(NamedTuple):
+  """Everything that changes during training.
+
+  Attributes:
+    params: online network parameters.
+    target_params: target network parameters (a copy of params every period).
+    opt_state: optimizer state.
+    step: int32 [], number of gradient steps taken.
+    rng: base PRNG key (raw uint32 [2] or typed); step t uses fold_in(rng, t).
+  """
+
+  params: Any
+  target_params: Any
+  opt_state: Any
+  step: jnp.ndarray
+  rng: jnp.ndarray
+
+
+def _init(rng, obs, game_id, network, optimizer) -> TrainState:
+  init_rng, train_rng = jax.random.split(rng)
+  params = network.init(init_rng, obs, game_id)
+  # A separate buffer: params and target_params are donated together in the step.
+  target_params = jax.tree.map(jnp.copy, params)
+  step = jnp.zeros((), jnp.int32)
+  return TrainState(params, target_params, optimizer.init(params), step, train_rng)
+
+
+def init_train_state(
+  rng: jnp.ndarray,
+  network: hk.Transformed,
+  optimizer: optax.GradientTransformation,
+  sample_batch: types.Batch,
+  mesh: Mesh | None = None,
+  fsdp: bool = False,
+) -> TrainState:
+  """Initialises parameters, target copy and optimizer state (jitted; on the mesh if given).
+
+  Args:
+    rng: a PRNGKey; the same key gives bit-identical parameters.
+    network: from networks.make_network.
+    optimizer: from optimizers.make_optimizer.
+    sample_batch: any batch (only obs and game_id shapes and dtypes are used).
+    mesh: place the state on this mesh (replicated, or FSDP-split if fsdp).
+    fsdp: split large parameters and optimizer moments over the mesh.
+
+  Returns:
+    The initial TrainState with step 0.
+  """
+  args = (rng, np.asarray(sample_batch.obs[:1]), np.asarray(sample_batch.game_id[:1]))
+  static = {"network": network, "optimizer": optimizer}
+  out_shardings = None
+  if mesh is not None:
+    shapes = jax.eval_shape(functools.partial(_init, **static), *args)
+    out_shardings = sharding.state_sharding(shapes, mesh, fsdp)
+  init = jax.jit(_init, static_argnames=tuple(static), out_shardings=out_shardings)
+  return init(*args, **static)
+
+
+def make_train_step(
+  network: hk.Transformed,
+  loss_fn: Callable,
+  optimizer: optax.GradientTransformation,
+  target_update_period: int,
+  mesh: Mesh | None = None,
+  state_sharding: Any = None,
+) -> Callable[[TrainState, types.Batch], tuple[TrainState, dict[str, jnp.ndarray]]]:
+  """Builds the jitted train step.
+
+  Args:
+    network: the network (the loss already holds its apply; accepted so that the
+      signature mirrors init_train_state's).
+    loss_fn: loss_fn(params, target_params, batch, rng) -> (loss, metrics), see losses.
+    optimizer: the optax transformation the state was initialised with.
+    target_update_period: copy params to target_params every this many gradient steps.
+    mesh: jit over this mesh (batch split on axis 0); None: plain jit on one device.
+    state_sharding: pytree of NamedShardings for the state (e.g. FSDP from
+      sharding.state_sharding); default replicated. Only used with a mesh.
+
+  Returns:
+    train_step(state, batch) -> (state, metrics); `state` is donated. Metrics are the
+    loss's plus `grad_norm` and `update_norm` (scalars), left on the devices.
+  """
+  del network
+  if target_update_period < 1:
+    raise ValueError(f"target_update_period must be >= 1, got {target_update_period}.")
+
+  def train_step(state: TrainState, batch: types.Batch):
+    rng = jax.random.fold_in(state.rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, state.target_params, batch, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    target_params = optax.periodic_update(params, state.target_params, step, target_update_period)
+    metrics = {
+      **metrics,
+      "grad_norm": optax.global_norm(grads),
+      "update_norm": optax.global_norm(updates),
+    }
+    return TrainState(params, target_params, opt_state, step, state.rng), metrics
+
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=0)
+  replicated = sharding.replicated(mesh)
+  state_sharding = replicated if state_sharding is None else state_sharding
+  return jax.jit(
+    train_step,
+    in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+    out_shardings=(state_sharding, replicated),
+    donate_argnums=0,
+  )
