@@ -27,7 +27,6 @@ setuptools.setup(
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
         "pandas<3",
-        "rlax>=0.1.7",
         "rliable>=1.2.0",
         "tensorboard>=2.18",
         "tensorflow>=2.18",

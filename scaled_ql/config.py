@@ -112,5 +112,7 @@ def run_main(main: Callable[[], None]) -> None:
     if os.environ.get("SCALED_QL_TRACEBACK"):
       raise
     logging.flush()
-    print(f"error: {e}", file=sys.stderr)
+    # gin appends "In call to configurable ..." lines: noise for a user's mistake.
+    lines = [line for line in str(e).splitlines() if "In call to configurable" not in line]
+    print("error: " + "\n".join(lines), file=sys.stderr)
     sys.exit(2)

@@ -390,8 +390,10 @@ def _main(argv):
     num_actions = [int(a) for a in flags.num_actions.split(",")]
     if len(num_actions) == 1:
       num_actions *= flags.num_games
+  elif flags.num_games == len(games.TRAIN_GAMES):
+    num_actions = [games.num_actions(game) for game in games.TRAIN_GAMES]
   else:
-    num_actions = [18] * flags.num_games  # The full action set: an upper bound.
+    num_actions = [games.MAX_NUM_ACTIONS] * flags.num_games  # Full action sets: an upper bound.
   if len(num_actions) != flags.num_games:
     raise SystemExit(
       f"--num_actions has {len(num_actions)} entries; --num_games={flags.num_games}."
@@ -411,9 +413,14 @@ if __name__ == "__main__":
   from absl import app
   from absl import flags as _absl_flags
 
+  from scaled_ql import games
+
   _absl_flags.DEFINE_string("model", "resnet101", f"Torso: one of {sorted(_TORSOS)}.")
   _absl_flags.DEFINE_integer("num_games", 40, "Number of games (heads).")
   _absl_flags.DEFINE_string(
-    "num_actions", "", "Actions per game: one int for all, or a comma list. Default 18 each."
+    "num_actions",
+    "",
+    "Actions per game: one int for all, or a comma list. Default: the 40 training games' "
+    "minimal action sets with --num_games=40, else 18 each.",
   )
   app.run(_main)

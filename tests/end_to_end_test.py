@@ -104,13 +104,13 @@ def test_pretrain_resumes_exactly(shard_dir, tmp_path):
 
 
 def run_failing(module: str, *args: str) -> str:
-  """Runs a command that must fail with a one-line message; returns that message."""
+  """Runs a command that must fail with an `error: ...` message; returns that message."""
   result = subprocess.run(
     [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600
   )
   assert result.returncode == 2, f"{module} should fail cleanly:\n{result.stderr[-5000:]}"
   assert "Traceback" not in result.stderr, result.stderr[-5000:]
-  return result.stderr.strip().splitlines()[-1]
+  return result.stderr[result.stderr.rindex("error: "):]
 
 
 def test_bad_input_fails_before_compute(shard_dir, tmp_path):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaled_ql import networks
+from scaled_ql import games, networks
 
 # Minimal action-set sizes of the 40 training games (RL Unplugged's 46 minus Alien,
 # MsPacman, Pong, SpaceInvaders, StarGunner and RoadRunner), read from ale-py 0.12.1's
@@ -127,6 +127,8 @@ def test_variants_build(changes):
 
 @pytest.mark.parametrize("model", sorted(PAPER_SIZES))
 def test_param_counts_match_the_paper_within_10_percent(model):
+  # The games module's table and ale-py's action spaces (above) must agree.
+  assert [games.num_actions(game) for game in games.TRAIN_GAMES] == NUM_ACTIONS_40_GAMES
   counts = networks.count_params(networks.NetworkConfig(torso=model), NUM_ACTIONS_40_GAMES)
   assert len(NUM_ACTIONS_40_GAMES) == 40 and sum(NUM_ACTIONS_40_GAMES) == 501
   parts = counts["torso"] + counts["spatial_embedding"] + counts["projection"] + counts["heads"]

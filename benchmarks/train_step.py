@@ -1,0 +1,216 @@
+"""Train-step efficiency: FLOP/s against a plain 3x3 conv roof, and loop vs step alone.
+
+For the small CPU model and ResNet-18 at batch 32 (one device):
+  * step FLOP/s = FLOPs from XLA's cost analysis of the compiled step / measured step time;
+  * roof = FLOP/s of a plain 3x3 convolution of the model's own stage-0 shape
+    ([B, 21, 21, C0] -> C0), measured in the same run the same way;
+  * loop steps/s (batch source + host-to-device + step + metric fetch every
+    `log_every_steps`) divided by steps/s of the step alone on a batch already on device.
+Then the compile time and parameter count of the ResNet-101 step (not run).
+
+    python benchmarks/train_step.py [--models=small,resnet18] [--batch_size=32]
+
+Last line: `RESULT train_step_roof_fraction <min over models of step FLOP/s / conv FLOP/s>`.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from scaled_ql import games, losses, networks, optimizers, sharding, train_step, types
+
+_MODELS = flags.DEFINE_list("models", ["small", "resnet18"], "Torsos to measure.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
+_NUM_GAMES = flags.DEFINE_integer("num_games", 4, "Games (heads) of the measured models.")
+_SECONDS = flags.DEFINE_float("seconds", 20.0, "Time budget per model (alternating windows).")
+_LOG_EVERY = flags.DEFINE_integer("log_every_steps", 10, "Metric fetch period in the loop.")
+_RESNET101 = flags.DEFINE_bool("resnet101", True, "Compile (not run) the ResNet-101 step.")
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list | tuple):  # Older jax: one dict per program.
+    analysis = analysis[0]
+  return float(analysis["flops"])
+
+
+def _best_windows(fns: list[Callable[[], object]], seconds: float) -> list[float]:
+  """Seconds per window of each fn, alternating them; the fastest window of each.
+
+  Each fn runs one window (several calls, blocking at its end). Alternating the fns and
+  keeping each one's fastest window compares them under the same, least-disturbed load
+  on a shared machine.
+  """
+  for fn in fns:
+    fn()  # Warm-up.
+  best, start = [np.inf] * len(fns), time.perf_counter()
+  while time.perf_counter() - start < seconds or not np.all(np.isfinite(best)):
+    for i, fn in enumerate(fns):
+      t0 = time.perf_counter()
+      fn()
+      best[i] = min(best[i], time.perf_counter() - t0)
+  return best
+
+
+def random_batch(batch_size: int, num_games: int, num_actions: int, seed: int = 0) -> types.Batch:
+  rng = np.random.default_rng(seed)
+  obs = rng.integers(0, 256, (batch_size, 84, 84, 4), dtype=np.uint8)
+  return types.Batch(
+    obs=obs,
+    action=rng.integers(0, num_actions, batch_size).astype(np.int32),
+    reward=rng.choice([-1.0, 0.0, 1.0], batch_size).astype(np.float32),
+    discount=np.full(batch_size, 0.99**3, np.float32),
+    next_obs=np.roll(obs, 1, axis=0),
+    game_id=rng.integers(0, num_games, batch_size).astype(np.int32),
+  )
+
+
+def preloaded_batches(batch: types.Batch) -> Iterator[types.Batch]:
+  """The batch source used until scaled_ql.data exists: the same host batch forever.
+
+  To measure the real pipeline, pass `run_loop` an iterator from the data layer's
+  sampler instead (host numpy types.Batch of local_batch_size per call).
+  """
+  while True:
+    yield batch
+
+
+def run_loop(step_fn, state, batches: Iterator[types.Batch], mesh, num_steps, log_every_steps):
+  """The trainer's inner loop: next batch, put on the mesh, step, fetch metrics periodically."""
+  for step in range(1, num_steps + 1):
+    state, metrics = step_fn(state, sharding.put_batch(next(batches), mesh))
+    if step % log_every_steps == 0:
+      fetched = jax.device_get(metrics)
+      if not np.isfinite(fetched["loss"]):
+        raise FloatingPointError(
+          f"Non-finite loss at a step in ({step - log_every_steps}, {step}]."
+        )
+  jax.block_until_ready(state)
+  return state
+
+
+def _conv_window(batch_size: int, channels: int, calls: int, with_grads: bool = False):
+  """A window of `calls` jitted 3x3 SAME convs [B, 21, 21, C] -> C, and its FLOPs.
+
+  With grads: forward plus both gradients (input and filter), the conv's training cost.
+  """
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(batch_size, 21, 21, channels)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, channels, channels)), jnp.float32)
+  dimension_numbers = ("NHWC", "HWIO", "NHWC")
+
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dimension_numbers)
+
+  fn = conv
+  if with_grads:
+    fn = jax.grad(lambda x, w: jnp.sum(jnp.square(conv(x, w))), argnums=(0, 1))
+  compiled = jax.jit(fn).lower(x, w).compile()
+
+  def window():
+    for _ in range(calls):
+      out = compiled(x, w)
+    jax.block_until_ready(out)
+
+  return window, _flops(compiled) * calls
+
+
+def _build(torso: str, batch_size: int, num_games: int, mesh):
+  num_actions = [18 if g % 2 else 6 for g in range(num_games)]
+  network = networks.make_network(networks.NetworkConfig(torso=torso), num_actions)
+  optimizer = optimizers.make_optimizer()
+  loss_fn = losses.make_loss(losses.LossConfig(), network.apply, num_games)
+  batch = random_batch(batch_size, num_games, min(num_actions))
+  state = train_step.init_train_state(jax.random.PRNGKey(0), network, optimizer, batch, mesh=mesh)
+  step_fn = train_step.make_train_step(network, loss_fn, optimizer, 2000, mesh=mesh)
+  return state, step_fn, batch
+
+
+def measure(torso: str, mesh) -> float:
+  """Prints the figures for one torso; returns step FLOP/s over conv-roof FLOP/s."""
+  batch_size, log_every = _BATCH_SIZE.value, _LOG_EVERY.value
+  state, step_fn, host_batch = _build(torso, batch_size, _NUM_GAMES.value, mesh)
+  device_batch = sharding.put_batch(host_batch, mesh)
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, device_batch).compile()
+  compile_seconds = time.perf_counter() - t0
+  step_flops = _flops(compiled)
+  holder = [state]
+
+  def step_window():  # The step alone on a batch already on the device.
+    for _ in range(log_every):
+      holder[0], metrics = compiled(holder[0], device_batch)
+    jax.block_until_ready(metrics)
+
+  def loop_window():  # Data + host-to-device + step + metric fetch.
+    holder[0] = run_loop(
+      compiled, holder[0], preloaded_batches(host_batch), mesh, log_every, log_every
+    )
+
+  width = networks.NetworkConfig(torso=torso).resolved().widths[0]
+  conv_window, conv_flops = _conv_window(batch_size, width, calls=log_every)
+  grads_window, grads_flops = _conv_window(batch_size, width, log_every, with_grads=True)
+  step_seconds, loop_seconds, conv_seconds, grads_seconds = _best_windows(
+    [step_window, loop_window, conv_window, grads_window], _SECONDS.value
+  )
+  step_rate, roof = step_flops * log_every / step_seconds, conv_flops / conv_seconds
+  train_roof = grads_flops / grads_seconds
+  print(
+    f"[{torso}] batch {batch_size}: compile {compile_seconds:.1f} s, step {step_flops / 1e9:.2f} GFLOP"
+  )
+  print(
+    f"[{torso}]   step alone {log_every / step_seconds:.2f} steps/s = {step_rate / 1e9:.1f} GFLOP/s"
+  )
+  print(
+    f"[{torso}]   conv roof 3x3 [{batch_size},21,21,{width}]->{width}: {roof / 1e9:.1f} GFLOP/s"
+  )
+  print(f"[{torso}]   step / conv roof = {step_rate / roof:.3f}")
+  print(
+    f"[{torso}]   (same conv with both gradients: {train_roof / 1e9:.1f} GFLOP/s; "
+    f"step / that = {step_rate / train_roof:.3f})"
+  )
+  print(
+    f"[{torso}]   loop (data + step + log every {log_every}) {log_every / loop_seconds:.2f} "
+    f"steps/s; loop / step alone = {step_seconds / loop_seconds:.3f}"
+  )
+  return step_rate / roof
+
+
+def compile_resnet101(mesh) -> None:
+  num_actions = [games.num_actions(game) for game in games.TRAIN_GAMES]
+  config = networks.NetworkConfig(torso="resnet101")
+  counts = networks.count_params(config, num_actions)
+  network = networks.make_network(config, num_actions)
+  optimizer = optimizers.make_optimizer()
+  loss_fn = losses.make_loss(losses.LossConfig(), network.apply, len(num_actions))
+  batch = random_batch(_BATCH_SIZE.value, len(num_actions), min(num_actions))
+  state = jax.eval_shape(
+    lambda: train_step.init_train_state(jax.random.PRNGKey(0), network, optimizer, batch)
+  )
+  step_fn = train_step.make_train_step(network, loss_fn, optimizer, 2000, mesh=mesh)
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, jax.eval_shape(lambda: sharding.put_batch(batch, mesh))).compile()
+  print(
+    f"[resnet101] {len(num_actions)} training games: {counts['total'] / 1e6:.1f}M parameters "
+    f"(allocated {counts['total_allocated'] / 1e6:.1f}M); train-step compile "
+    f"{time.perf_counter() - t0:.1f} s at batch {_BATCH_SIZE.value}, "
+    f"{_flops(compiled) / 1e9:.0f} GFLOP per step"
+  )
+
+
+def main(argv):
+  del argv
+  mesh = sharding.make_mesh()
+  print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, jax {jax.__version__}")
+  fractions = [measure(torso, mesh) for torso in _MODELS.value]
+  if _RESNET101.value:
+    compile_resnet101(mesh)
+  print(f"RESULT train_step_roof_fraction {min(fractions):.3f}")
+
+
+if __name__ == "__main__":
+  app.run(main)
