@@ -397,6 +397,7 @@ def main() -> None:
   policy_fn, run_games, step = trainer.load_policy(workdir, f.checkpoint_step)
   game_names, game_ids = _parse_games(f.games, run_games)
   protocol = {"dqn": atari.Protocol(), "mgdt": atari.Protocol.mgdt()}[f.protocol]
+  protocol = dataclasses.replace(protocol, max_episode_steps=f.max_episode_steps)
   logging.info("Evaluating %s at step %d on %s (%s protocol).", workdir, step, game_names,
                f.protocol)  # fmt: skip
   results = evaluate(policy_fn, game_names, f.num_episodes, game_ids=game_ids, variant=f.variant,
@@ -421,6 +422,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("variant", 0, "Game variant (ALE mode/difficulty), see scaled_ql.atari.")
   flags.DEFINE_integer("num_envs_per_game", None, "Parallel environments per game.")
   flags.DEFINE_integer("seed", 0, "Seed of environments and exploration.")
+  flags.DEFINE_integer("max_episode_steps", 27_000, "Agent steps before an episode is cut "
+                       "(27,000 = 108k frames, the DQN Replay protocol).")
 
 
 if __name__ == "__main__":

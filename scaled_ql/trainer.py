@@ -207,7 +207,7 @@ def _write_run_info(workdir: str, info: dict) -> None:
   with open(os.path.join(workdir, OPERATIVE_CONFIG_FILE), "w") as f:
     f.write(gin.operative_config_str())
   with open(os.path.join(workdir, RUN_INFO_FILE), "w") as f:
-    json.dump(info, f, indent=2)
+    json.dump({k: v for k, v in info.items() if v is not None}, f, indent=2)
 
 
 def read_run_info(workdir: str) -> dict:

@@ -70,15 +70,21 @@ def jax_leaves(tree) -> list[np.ndarray]:
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def test_pretrain_resumes_exactly(shard_dir, tmp_path):
-  resumed, straight = str(tmp_path / "resumed"), str(tmp_path / "straight")
-
+@pytest.fixture(scope="module")
+def runs(shard_dir, tmp_path_factory):
+  """A run interrupted after 3 steps and resumed to 5, and the same run done straight."""
+  root = tmp_path_factory.mktemp("runs")
+  resumed, straight = str(root / "resumed"), str(root / "straight")
   pretrain(resumed, shard_dir, 3)
   assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["3"]
   second = pretrain(resumed, shard_dir, 5)
   assert "Resumed from the checkpoint at step 3" in second.stderr
   pretrain(straight, shard_dir, 5)
+  return resumed, straight
 
+
+def test_pretrain_resumes_exactly(runs):
+  resumed, straight = runs
   # The run's record: every step logged once, finite, with per-game metrics and evaluation.
   with open(os.path.join(resumed, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
@@ -101,6 +107,21 @@ def test_pretrain_resumes_exactly(shard_dir, tmp_path):
   assert any(
     not np.array_equal(x, y) for x, y in zip(jax_leaves(restore_params(resumed, 3)), leaves_a)
   )
+
+
+def test_evaluate_and_report_a_trained_run(runs, tmp_path):
+  resumed, _ = runs
+  out = run("scaled_ql.evaluate", f"--workdir={resumed}", "--num_episodes=2",
+            "--num_envs_per_game=2", "--max_episode_steps=60", "--games=Pong")
+  assert "Pong" in out.stdout and "Breakout" not in out.stdout
+  report_dir = tmp_path / "report"
+  # A shortened episode cap is not the DQN protocol: the results are filed as "custom".
+  run("scaled_ql.report", f"--runs={resumed}", f"--output={report_dir}", "--reps=50",
+      "--protocol=custom")
+  # The report uses each run's latest evaluation: the Pong-only one just made.
+  per_game = (report_dir / "per_game.md").read_text()
+  assert "| Pong |" in per_game and "| Breakout |" not in per_game
+  assert (report_dir / "main_table.md").exists() and (report_dir / "iqm_ci.png").exists()
 
 
 def run_failing(module: str, *args: str) -> str:
