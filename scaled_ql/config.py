@@ -104,11 +104,14 @@ def _quiet_library_logs() -> None:
 
 
 def run_main(main: Callable[[], None]) -> None:
-  """Runs `main()`, reporting user mistakes as one line (set SCALED_QL_TRACEBACK=1 for more)."""
+  """Runs `main()`, reporting user mistakes and divergence as `error: ...` and exit code 2.
+
+  Set SCALED_QL_TRACEBACK=1 for the traceback.
+  """
   _quiet_library_logs()
   try:
     main()
-  except (UserError, ValueError, FileNotFoundError, PermissionError) as e:
+  except (UserError, ValueError, FileNotFoundError, PermissionError, FloatingPointError) as e:
     if os.environ.get("SCALED_QL_TRACEBACK"):
       raise
     logging.flush()

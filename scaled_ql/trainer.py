@@ -44,6 +44,17 @@ def build_learner(
   optimizer_fn: Callable = optimizers.make_optimizer,
 ) -> Learner:
   """Builds the network, loss, optimizer and device mesh for `game_names`."""
+  net_support = (network_config.num_atoms, network_config.v_min, network_config.v_max)
+  loss_support = (loss_config.num_atoms, loss_config.v_min, loss_config.v_max)
+  if (loss_config.td == "c51") != network_config.distributional or (
+    loss_config.td == "c51" and net_support != loss_support
+  ):
+    raise ValueError(
+      f"LossConfig(td={loss_config.td!r}, support {loss_support}) does not fit "
+      f"NetworkConfig(distributional={network_config.distributional}, support {net_support}): "
+      "C51 needs a distributional network with the same (num_atoms, v_min, v_max); MSE a "
+      "scalar one. Bind both from the same gin macros, as gin/base.gin does."
+    )
   num_actions = [games.num_actions(game) for game in game_names]
   network = networks.make_network(network_config, num_actions)
   loss_fn = losses.make_loss(loss_config, network.apply, num_games=len(game_names))
@@ -78,7 +89,7 @@ def train(
   dataset_fn: Callable = gin.REQUIRED,
   network_config: networks.NetworkConfig = gin.REQUIRED,
   loss_config: losses.LossConfig = gin.REQUIRED,
-  optimizer_fn: Callable = optimizers.make_optimizer,
+  optimizer_fn: Callable = gin.REQUIRED,
   method: str = "scaled_ql",
   num_grad_steps: int = 1_000_000,
   global_batch_size: int = 512,
@@ -104,7 +115,8 @@ def train(
       `iterate(start_step)` yielding host-local `Batch`es.
     network_config: the network.
     loss_config: the loss (C51/MSE TD, CQL, BC weights).
-    optimizer_fn: builds the optax optimizer.
+    optimizer_fn: builds the optax optimizer; bind `@optimizers.make_optimizer` (a gin
+      reference, so that its own bindings apply).
     method: a label for reports ("scaled_ql", "bc", ...).
     num_grad_steps: total gradient steps of the run (including resumed ones).
     global_batch_size: transitions per step over all hosts.

@@ -192,3 +192,16 @@ def test_incompatible_checkpoint_names_the_parameters(shard_dir, tmp_path):
   assert "does not match the configured model" in result.stderr
   # The differing parameters are named with both shapes (projection width 16 vs 32).
   assert "projection" in result.stderr and "16" in result.stderr and "32" in result.stderr
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(shard_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  pretrain(workdir, shard_dir, 3)
+  message = run_failing("scaled_ql.pretrain", f"--workdir={workdir}", "--gin_file=debug.gin",
+                        f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
+                        "--gin_bindings=optimizers.make_optimizer.learning_rate = 1e30",
+                        "--gin_bindings=train.checkpoint_every_steps = 1")
+  assert "Non-finite training metrics" in message and "[4, 4]" in message
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
+  for leaf in jax_leaves(restore_params(workdir, 3)):
+    assert np.isfinite(leaf).all()
