@@ -124,6 +124,16 @@ def test_evaluate_and_report_a_trained_run(runs, tmp_path):
   assert (report_dir / "main_table.md").exists() and (report_dir / "iqm_ci.png").exists()
 
 
+def test_collect_with_a_trained_policy(runs, tmp_path):
+  resumed, _ = runs
+  out = tmp_path / "replay"
+  run("data_prep.collect", f"--output_dir={out}", "--games=Pong", "--num_checkpoints=2",
+      "--checkpoint_size=200", "--policy=schedule", f"--policy_workdir={resumed}",
+      "--epsilon_start=1.0", "--epsilon_end=0.0", "--num_envs=2", "--max_episode_steps=100")
+  logs = sorted(os.listdir(out / "Pong" / "1" / "replay_logs"))
+  assert "$store$_action_ckpt.1.gz" in logs and "add_count_ckpt.1.gz" in logs
+
+
 def run_failing(module: str, *args: str) -> str:
   """Runs a command that must fail with an `error: ...` message; returns that message."""
   result = subprocess.run(
