@@ -35,6 +35,7 @@ the last row of the previous checkpoint (rewritten atomically), the same convent
 time-limit end, so no n-step return ever runs from a cut episode into the next one.
 """
 
+import csv
 import os
 from collections.abc import Callable
 
@@ -186,6 +187,31 @@ class RunStream:
       self._writer.abort()
 
 
+class EpisodeLog:
+  """`{run}/episodes.csv`: each logged episode's unclipped score (the files hold clipped rewards).
+
+  Beside `replay_logs/`, so the DQN Replay layout stays exact. Rows of suffixes that a resumed
+  collection writes again are dropped first.
+  """
+
+  def __init__(self, path: str, resume_suffix: int):
+    rows = []
+    if os.path.exists(path):
+      with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if int(r["suffix"]) < resume_suffix]
+    self._file = open(path, "w", newline="")
+    self._writer = csv.DictWriter(self._file, ["suffix", "return", "length", "truncated"])
+    self._writer.writeheader()
+    self._writer.writerows(rows)
+
+  def add(self, suffix: int, score: float, length: int, truncated: bool) -> None:
+    self._writer.writerow(dict(suffix=suffix, length=length, truncated=int(truncated),
+                               **{"return": float(score)}))
+
+  def close(self) -> None:
+    self._file.close()
+
+
 def collect_run(
   game: str,
   replay_dir: str,
@@ -216,12 +242,14 @@ def collect_run(
   if stream.done:
     logging.info("%s: complete, nothing to do", replay_dir)
     return
+  episode_log = EpisodeLog(os.path.join(os.path.dirname(replay_dir), dqn_replay.EPISODES_FILE), stream.suffix)
   protocol = atari.Protocol(max_episode_steps=max_episode_steps)
   total = (num_checkpoints - stream.suffix) * capacity + partial_rows
   bar = tqdm.tqdm(total=total, desc=f"{game} {replay_dir}", unit="row", disable=not progress)
   rng = np.random.default_rng([seed, stream.suffix])
   env = atari.VectorEnv(game, num_envs, protocol=protocol, seed=int(rng.integers(2**31)))
   episodes = [[] for _ in range(num_envs)]  # per env: rows (frame, action, reward, terminal)
+  scores = np.zeros(num_envs)  # unclipped return of each env's current episode
   try:
     obs = env.reset()
     while not stream.done:
@@ -232,6 +260,7 @@ def collect_run(
         actions = np.where(explore, actions, greedy(obs))
       next_obs, reward, terminated, truncated = env.step(actions)
       ended = terminated | truncated
+      scores += reward
       for i in range(num_envs):
         # The row pairs the frame the action was chosen on with that action and its outcome.
         episodes[i].append(
@@ -239,7 +268,10 @@ def collect_run(
         )
         if ended[i]:
           frames, acts, rews, terms = zip(*episodes[i], strict=True)
+          if not stream.done:
+            episode_log.add(stream.suffix, scores[i], len(frames), truncated[i])
           stream.push(np.stack(frames), np.array(acts), np.array(rews), np.array(terms))
+          scores[i] = 0.0
           bar.update(min(len(frames) + PAD, total - bar.n))
           episodes[i] = []
       obs = next_obs
@@ -249,6 +281,7 @@ def collect_run(
   finally:
     env.close()
     bar.close()
+    episode_log.close()
 
 
 def main(argv):

@@ -28,9 +28,11 @@ for method in scaled_ql bc; do
     --gin_bindings="data.ReplayDataset.shard_dir = '$WORKDIR/shards'"
 done
 
-echo "== 4/4 results"
+echo "== 4/4 results (evaluation: DQN Replay protocol, sticky actions, epsilon 0.001)"
 $PY -m scaled_ql.report --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" --output="$WORKDIR/report" \
-  --replay_dir="$WORKDIR/replay"
+  --task_bootstrap >/dev/null
+$PY -m scaled_ql.compare --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" --data_dir="$WORKDIR/replay" \
+  --output="$WORKDIR/report/local_results.md"
 echo
 echo "Checkpoints: $WORKDIR/{scaled_ql,bc}/checkpoints   Logs: $WORKDIR/*/metrics.jsonl"
 echo "TensorBoard: .venv/bin/tensorboard --logdir $WORKDIR   Report: $WORKDIR/report"

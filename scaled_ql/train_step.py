@@ -4,6 +4,7 @@
     grads = d loss_fn(params, target_params, batch, rng_t) / d params
     params <- Adam(grads);  step <- step + 1
     target_params <- params  iff  step % target_update_period == 0   (branch-free)
+    ema_params <- ema_decay * ema_params + (1 - ema_decay) * params   (if kept; for evaluation)
 
 With a mesh, the step is jitted with NamedShardings: the batch split on its leading axis,
 the state replicated (data parallel) or, with `state_sharding` from
@@ -33,6 +34,9 @@ class TrainState(NamedTuple):
     opt_state: optimizer state.
     step: int32 [], number of gradient steps taken.
     rng: base PRNG key (raw uint32 [2] or typed); step t uses fold_in(rng, t).
+    ema_params: exponential moving average of params, the weights evaluated (Polyak
+      averaging smooths the greedy policy's jumps between nearby checkpoints); None when
+      not kept.
   """
 
   params: Any
@@ -40,15 +44,17 @@ class TrainState(NamedTuple):
   opt_state: Any
   step: jnp.ndarray
   rng: jnp.ndarray
+  ema_params: Any = None
 
 
-def _init(rng, obs, game_id, network, optimizer) -> TrainState:
+def _init(rng, obs, game_id, network, optimizer, ema) -> TrainState:
   init_rng, train_rng = jax.random.split(rng)
   params = network.init(init_rng, obs, game_id)
-  # A separate buffer: params and target_params are donated together in the step.
+  # Separate buffers: params, target_params and ema_params are donated together in the step.
   target_params = jax.tree.map(jnp.copy, params)
+  ema_params = jax.tree.map(jnp.copy, params) if ema else None
   step = jnp.zeros((), jnp.int32)
-  return TrainState(params, target_params, optimizer.init(params), step, train_rng)
+  return TrainState(params, target_params, optimizer.init(params), step, train_rng, ema_params)
 
 
 def init_train_state(
@@ -58,6 +64,7 @@ def init_train_state(
   sample_batch: types.Batch,
   mesh: Mesh | None = None,
   fsdp: bool = False,
+  ema: bool = False,
 ) -> TrainState:
   """Initialises parameters, target copy and optimizer state (jitted; on the mesh if given).
 
@@ -68,12 +75,13 @@ def init_train_state(
     sample_batch: any batch (only obs and game_id shapes and dtypes are used).
     mesh: place the state on this mesh (replicated, or FSDP-split if fsdp).
     fsdp: split large parameters and optimizer moments over the mesh.
+    ema: keep `ema_params` (for `make_train_step(..., ema_decay > 0)`).
 
   Returns:
     The initial TrainState with step 0.
   """
   args = (rng, np.asarray(sample_batch.obs[:1]), np.asarray(sample_batch.game_id[:1]))
-  static = {"network": network, "optimizer": optimizer}
+  static = {"network": network, "optimizer": optimizer, "ema": ema}
   out_shardings = None
   if mesh is not None:
     shapes = jax.eval_shape(functools.partial(_init, **static), *args)
@@ -89,6 +97,7 @@ def make_train_step(
   target_update_period: int,
   mesh: Mesh | None = None,
   state_sharding: Any = None,
+  ema_decay: float = 0.0,
 ) -> Callable[[TrainState, types.Batch], tuple[TrainState, dict[str, jnp.ndarray]]]:
   """Builds the jitted train step.
 
@@ -98,6 +107,8 @@ def make_train_step(
     loss_fn: loss_fn(params, target_params, batch, rng) -> (loss, metrics), see losses.
     optimizer: the optax transformation the state was initialised with.
     target_update_period: copy params to target_params every this many gradient steps.
+    ema_decay: decay of `ema_params` (the state must have been initialised with ema=True);
+      0 keeps none.
     mesh: jit over this mesh (batch split on axis 0); None: plain jit on one device.
     state_sharding: pytree of NamedShardings for the state (e.g. FSDP from
       sharding.state_sharding); default replicated. Only used with a mesh.
@@ -109,6 +120,8 @@ def make_train_step(
   del network
   if target_update_period < 1:
     raise ValueError(f"target_update_period must be >= 1, got {target_update_period}.")
+  if not 0.0 <= ema_decay < 1.0:
+    raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}.")
 
   def train_step(state: TrainState, batch: types.Batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -118,12 +131,15 @@ def make_train_step(
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
     target_params = optax.periodic_update(params, state.target_params, step, target_update_period)
+    ema_params = state.ema_params
+    if ema_decay:
+      ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - ema_decay)
     metrics = {
       **metrics,
       "grad_norm": optax.global_norm(grads),
       "update_norm": optax.global_norm(updates),
     }
-    return TrainState(params, target_params, opt_state, step, state.rng), metrics
+    return TrainState(params, target_params, opt_state, step, state.rng, ema_params), metrics
 
   if mesh is None:
     return jax.jit(train_step, donate_argnums=0)

@@ -61,11 +61,12 @@ def build_learner(
   return Learner(network, loss_fn, optimizer_fn(), sharding.make_mesh())
 
 
-def abstract_train_state(learner: Learner, sample_batch, seed: int, fsdp: bool = False):
+def abstract_train_state(learner: Learner, sample_batch, seed: int, fsdp: bool = False,
+                         ema: bool = False):
   """The TrainState's shapes and mesh shardings, without computing it (to restore into)."""
   shapes = jax.eval_shape(
     functools.partial(train_step_lib.init_train_state, network=learner.network,
-                      optimizer=learner.optimizer, sample_batch=sample_batch),
+                      optimizer=learner.optimizer, sample_batch=sample_batch, ema=ema),
     jax.random.PRNGKey(seed),
   )
   return sharding.replicated_shapes(shapes, learner.mesh, fsdp)
@@ -101,6 +102,7 @@ def train(
   eval_every_steps: int = 0,
   eval_fn: Callable | None = None,
   fsdp: bool = False,
+  ema_decay: float = 0.0,
   data_quality: str | None = None,
   phase: str = "pretrain",
   init: str = "scratch",
@@ -129,6 +131,8 @@ def train(
     eval_fn: `(policy_fn, game_names, step, workdir) -> {name: float}` evaluation hook.
     fsdp: split large parameters and their optimizer moments over the devices (ZeRO-3
       style) instead of replicating them, for models whose state does not fit on one device.
+    ema_decay: keep an exponential moving average of the parameters with this decay and
+      evaluate it instead of the raw parameters (0: evaluate the raw parameters).
     data_quality, phase, init: labels recorded in run_info.json for reports
       ("near_optimal" / "low_quality"; "pretrain" / "offline_finetune" / "online_finetune";
       "scratch" / "pretrained").
@@ -152,25 +156,28 @@ def train(
   learner = build_learner(game_names, network_config, loss_config, optimizer_fn)
   sample_batch = dataset.batch(0)
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
-  abstract_state = abstract_train_state(learner, sample_batch, seed, fsdp)
+  ema = ema_decay > 0
+  abstract_state = abstract_train_state(learner, sample_batch, seed, fsdp, ema)
   if checkpointer.latest_step() is not None:
     state = checkpointer.restore(abstract_state)
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
   else:
     state = train_step_lib.init_train_state(jax.random.PRNGKey(seed), learner.network,
-                                            learner.optimizer, sample_batch, learner.mesh, fsdp)
+                                            learner.optimizer, sample_batch, learner.mesh, fsdp,
+                                            ema)
   start_step = int(state.step)
   _write_run_info(workdir, dict(
     method=method, phase=phase, init=init, data_quality=data_quality,
     game_names=list(game_names), seed=seed, global_batch_size=global_batch_size,
-    num_grad_steps=num_grad_steps, network_config=dataclasses.asdict(network_config),
+    num_grad_steps=num_grad_steps, ema_decay=ema_decay,
+    network_config=dataclasses.asdict(network_config),
     loss_config=dataclasses.asdict(loss_config),
     num_params=int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params))),
   ))
 
   step_fn = train_step_lib.make_train_step(
     learner.network, learner.loss_fn, learner.optimizer, target_update_period, mesh=learner.mesh,
-    state_sharding=jax.tree.map(lambda leaf: leaf.sharding, abstract_state))
+    state_sharding=jax.tree.map(lambda leaf: leaf.sharding, abstract_state), ema_decay=ema_decay)
   writer = metrics.MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
   progress = tqdm.tqdm(total=num_grad_steps, initial=start_step, unit="step", dynamic_ncols=True,
                        disable=jax.process_index() != 0)
@@ -199,7 +206,7 @@ def train(
         checkpointer.save(state)
       if eval_fn and ((eval_every_steps and step % eval_every_steps == 0)
                       or step == num_grad_steps):
-        policy = make_greedy_policy(learner.network, state.params)
+        policy = make_greedy_policy(learner.network, evaluated_params(state))
         eval_scalars = eval_fn(policy, game_names, step, workdir)
         writer.write(step, eval_scalars)
         last_logged = {**last_logged, **eval_scalars}
@@ -210,6 +217,11 @@ def train(
     checkpointer.wait()
     writer.close()
   return last_logged
+
+
+def evaluated_params(state):
+  """The parameters a policy acts with: the moving average when kept, else the raw ones."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 def _write_run_info(workdir: str, info: dict) -> None:
@@ -247,8 +259,10 @@ def load_policy(workdir: str, step: int | None = None):
   network_config = networks.NetworkConfig(**info["network_config"])
   loss_config = losses.LossConfig(**info["loss_config"])
   learner = build_learner(info["game_names"], network_config, loss_config)
-  abstract = abstract_train_state(learner, types.zeros_batch(batch_size=1), info["seed"])
+  ema = info.get("ema_decay", 0.0) > 0
+  abstract = abstract_train_state(learner, types.zeros_batch(batch_size=1), info["seed"], ema=ema)
+  name = "ema_params" if ema else "params"
   checkpointer = checkpointing.Checkpointer(workdir)
   step = checkpointer.latest_step() if step is None else step
-  restored = checkpointer.restore({"params": abstract.params}, step, partial=True)
-  return make_greedy_policy(learner.network, restored["params"]), info["game_names"], step
+  restored = checkpointer.restore({name: getattr(abstract, name)}, step, partial=True)
+  return make_greedy_policy(learner.network, restored[name]), info["game_names"], step

@@ -16,6 +16,8 @@ never unpickled (`allow_pickle=False` everywhere); the optional `episode_end_ind
 ignored. Observation files (7 GB uncompressed) are streamed, never loaded whole.
 """
 
+import csv
+import glob
 import gzip
 import os
 import re
@@ -317,3 +319,26 @@ class SuffixStreamWriter:
     self._gz.close()
     self._raw.close()
     os.remove(self._obs_tmp)
+
+
+# Our collector also logs each episode's unclipped score beside `replay_logs/` (the DQN Replay
+# files hold clipped rewards only): `{root}/{Game}/{run}/episodes.csv`.
+EPISODES_FILE = "episodes.csv"
+
+
+def read_episode_returns(root: str, game: str) -> np.ndarray:
+  """Unclipped scores float [E] of the episodes our collector logged for `game`, all runs.
+
+  Raises:
+    DataError: no run of `game` under `root` has an episodes log (real DQN Replay data has
+      none: its scores are only in the original agents' logs).
+  """
+  paths = sorted(glob.glob(os.path.join(root, game, "*", EPISODES_FILE)))
+  if not paths:
+    raise DataError(f"no {EPISODES_FILE} under {os.path.join(root, game)}: only data made by "
+                    "`python -m data_prep.collect` logs episode scores")
+  returns = []
+  for path in paths:
+    with open(path) as f:
+      returns += [float(row["return"]) for row in csv.DictReader(f)]
+  return np.asarray(returns)

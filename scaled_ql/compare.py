@@ -1,0 +1,99 @@
+r"""Per-game comparison of trained runs with the data they learned from.
+
+  python -m scaled_ql.compare --runs=workdirs/local/scaled_ql,workdirs/local/bc \
+      --data_dir=workdirs/local/replay
+
+Prints (and with --output writes as Markdown) one row per game: the behaviour policy's
+average score in the data, then each run's latest evaluation (mean ± sd over episodes, and
+human-normalised), followed by plain statements of who beat whom. It states what the runs
+measured, including when offline RL has not overtaken BC or the data.
+"""
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags
+
+from scaled_ql import config, evaluate, games, trainer
+from scaled_ql.data import dqn_replay
+
+_RUNS = flags.DEFINE_list("runs", None, "Run directories (trained and evaluated).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Collector output with episodes.csv logs.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this Markdown file.")
+
+
+def _latest_results(workdir: str) -> evaluate.EvalResults:
+  paths = evaluate.find_results(workdir)
+  if not paths:
+    raise FileNotFoundError(f"{workdir} has no evaluation results: run `python -m "
+                            f"scaled_ql.evaluate --workdir={workdir}` first.")
+  return evaluate.read_results(paths[-1])
+
+
+def _cell(returns: Sequence[float]) -> str:
+  return f"{np.mean(returns):.1f} ± {np.std(returns):.1f} ({len(returns)})"
+
+
+def _hns(game: str, score: float) -> str:
+  if game not in games.HUMAN_SCORES:
+    return "—"
+  return f"{100 * games.human_normalized_score(game, score):.1f}%"
+
+
+def compare(run_dirs: Sequence[str], data_dir: str | None) -> str:
+  """The comparison as Markdown: a per-game table and one verdict line per run pair."""
+  names = [trainer.read_run_info(d)["method"] for d in run_dirs]
+  results = [_latest_results(d) for d in run_dirs]
+  game_names = sorted({g for r in results for g in r.games})
+  header = ["Game", "Data (behaviour)"]
+  for name, r in zip(names, results, strict=True):
+    header += [f"{name} @ step {r.checkpoint_step}", f"{name} HNS"]
+  rows, data_means = [], {}
+  for game in game_names:
+    row = [game]
+    if data_dir:
+      data_returns = dqn_replay.read_episode_returns(data_dir, game)
+      data_means[game] = float(np.mean(data_returns))
+      row.append(_cell(data_returns))
+    else:
+      row.append("—")
+    for r in results:
+      returns = r.games[game].returns if game in r.games else None
+      row += [_cell(returns), _hns(game, np.mean(returns))] if returns else ["—", "—"]
+    rows.append(row)
+
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  lines.append("")
+  means = [{g: float(np.mean(x.returns)) for g, x in r.games.items()} for r in results]
+  for name, mean in zip(names, means, strict=True):
+    if data_means:
+      above = [g for g in game_names if g in mean and mean[g] > data_means[g]]
+      lines.append(f"- {name} scored above the data's average on {len(above)} of "
+                   f"{len(game_names)} games{': ' + ', '.join(above) if above else ''}.")
+  for i, j in ((i, j) for i in range(len(names)) for j in range(i + 1, len(names))):
+    wins = [g for g in game_names if g in means[i] and g in means[j] and means[i][g] > means[j][g]]
+    lines.append(f"- {names[i]} scored above {names[j]} on {len(wins)} of {len(game_names)} "
+                 f"games{': ' + ', '.join(wins) if wins else ''}.")
+  protocols = {r.protocol_name for r in results}
+  lines.append(f"- Evaluation protocol: {', '.join(sorted(protocols))}; epsilon "
+               f"{results[0].epsilon}; ALE {results[0].ale_version}.")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  if not _RUNS.value:
+    raise config.UserError("--runs is required: comma-separated run directories.")
+  for run_dir in _RUNS.value:
+    if not os.path.isdir(run_dir):
+      raise config.UserError(f"--runs: {run_dir} does not exist.")
+  table = compare(_RUNS.value, _DATA_DIR.value)
+  print(table)
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, "w") as f:
+      f.write(table + "\n")
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: config.run_main(main))
