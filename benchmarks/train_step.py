@@ -4,8 +4,10 @@ For the small CPU model and ResNet-18 at batch 32 (one device):
   * step FLOP/s = FLOPs from XLA's cost analysis of the compiled step / measured step time;
   * roof = FLOP/s of a plain 3x3 convolution of the model's own stage-0 shape
     ([B, 21, 21, C0] -> C0), measured in the same run the same way;
-  * loop steps/s (batch source + host-to-device + step + metric fetch every
-    `log_every_steps`) divided by steps/s of the step alone on a batch already on device.
+  * the real training loop's steps/s (`trainer.train` on real ALE data in the DQN Replay
+    format through `data.ReplayDataset`: sampling, host-to-device, step, metric fetch every
+    `log_every_steps`, progress bar), from its own metrics.jsonl, divided by steps/s of the
+    step alone on a batch already on the device.
 Then the compile time and parameter count of the ResNet-101 step (not run).
 
     python benchmarks/train_step.py [--models=small,resnet18] [--batch_size=32]
@@ -13,15 +15,30 @@ Then the compile time and parameter count of the ResNet-101 step (not run).
 Last line: `RESULT train_step_roof_fraction <min over models of step FLOP/s / conv FLOP/s>`.
 """
 
+import os
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from scaled_ql import games, losses, networks, optimizers, sharding, train_step, types
+from scaled_ql import (
+  config,
+  games,
+  losses,
+  metrics,
+  networks,
+  optimizers,
+  sharding,
+  train_step,
+  trainer,
+  types,
+)
 
 _MODELS = flags.DEFINE_list("models", ["small", "resnet18"], "Torsos to measure.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
@@ -29,6 +46,10 @@ _NUM_GAMES = flags.DEFINE_integer("num_games", 4, "Games (heads) of the measured
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Time budget per model (alternating windows).")
 _LOG_EVERY = flags.DEFINE_integer("log_every_steps", 10, "Metric fetch period in the loop.")
 _RESNET101 = flags.DEFINE_bool("resnet101", True, "Compile (not run) the ResNet-101 step.")
+_LOOP_STEPS = flags.DEFINE_integer("loop_steps", 300, "Steps of the real training loop per model.")
+
+LOOP_GAMES = ("Assault", "BeamRider", "Asterix", "Breakout")
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "train_step_data")
 
 
 def _flops(compiled) -> float:
@@ -69,28 +90,50 @@ def random_batch(batch_size: int, num_games: int, num_actions: int, seed: int = 
   )
 
 
-def preloaded_batches(batch: types.Batch) -> Iterator[types.Batch]:
-  """The batch source used until scaled_ql.data exists: the same host batch forever.
+def real_data() -> str:
+  """Converted shards of real ALE data (uniform-random behaviour), made once and cached."""
+  shard_dir = os.path.join(DATA_DIR, "shards")
+  if not os.path.isdir(shard_dir):
+    games_flag = "--games=" + ",".join(LOOP_GAMES)
+    for args in (
+      [
+        "data_prep.collect",
+        f"--output_dir={DATA_DIR}/replay",
+        games_flag,
+        "--num_checkpoints=1",
+        "--checkpoint_size=20000",
+      ],
+      [
+        "data_prep.convert",
+        f"--replay_dir={DATA_DIR}/replay",
+        f"--shard_dir={shard_dir}",
+        games_flag,
+      ],
+    ):
+      subprocess.run([sys.executable, "-m", *args], check=True, capture_output=True)
+  return shard_dir
 
-  To measure the real pipeline, pass `run_loop` an iterator from the data layer's
-  sampler instead (host numpy types.Batch of local_batch_size per call).
-  """
-  while True:
-    yield batch
 
-
-def run_loop(step_fn, state, batches: Iterator[types.Batch], mesh, num_steps, log_every_steps):
-  """The trainer's inner loop: next batch, put on the mesh, step, fetch metrics periodically."""
-  for step in range(1, num_steps + 1):
-    state, metrics = step_fn(state, sharding.put_batch(next(batches), mesh))
-    if step % log_every_steps == 0:
-      fetched = jax.device_get(metrics)
-      if not np.isfinite(fetched["loss"]):
-        raise FloatingPointError(
-          f"Non-finite loss at a step in ({step - log_every_steps}, {step}]."
-        )
-  jax.block_until_ready(state)
-  return state
+def loop_steps_per_s(torso: str, shard_dir: str) -> float:
+  """Steps/s of `trainer.train` itself on real data, from its metrics.jsonl (first window out)."""
+  with tempfile.TemporaryDirectory() as workdir:
+    config.parse_gin(
+      ["base.gin"],
+      [
+        f"NetworkConfig.torso = '{torso}'",
+        f"train.game_names = {list(LOOP_GAMES)}",
+        f"data.ReplayDataset.shard_dir = '{shard_dir}'",
+        f"train.global_batch_size = {_BATCH_SIZE.value}",
+        f"train.num_grad_steps = {_LOOP_STEPS.value}",
+        f"train.log_every_steps = {_LOG_EVERY.value}",
+        f"train.checkpoint_every_steps = {10 * _LOOP_STEPS.value}",
+      ],
+    )
+    trainer.train(workdir)
+    rates = [
+      row["steps_per_s"] for row in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    ]
+  return float(np.median(rates[1:]))  # The first window holds the compilation.
 
 
 def _conv_window(batch_size: int, channels: int, calls: int, with_grads: bool = False):
@@ -130,7 +173,7 @@ def _build(torso: str, batch_size: int, num_games: int, mesh):
   return state, step_fn, batch
 
 
-def measure(torso: str, mesh) -> float:
+def measure(torso: str, mesh, shard_dir: str) -> float:
   """Prints the figures for one torso; returns step FLOP/s over conv-roof FLOP/s."""
   batch_size, log_every = _BATCH_SIZE.value, _LOG_EVERY.value
   state, step_fn, host_batch = _build(torso, batch_size, _NUM_GAMES.value, mesh)
@@ -146,17 +189,16 @@ def measure(torso: str, mesh) -> float:
       holder[0], metrics = compiled(holder[0], device_batch)
     jax.block_until_ready(metrics)
 
-  def loop_window():  # Data + host-to-device + step + metric fetch.
-    holder[0] = run_loop(
-      compiled, holder[0], preloaded_batches(host_batch), mesh, log_every, log_every
-    )
-
   width = networks.NetworkConfig(torso=torso).resolved().widths[0]
   conv_window, conv_flops = _conv_window(batch_size, width, calls=log_every)
   grads_window, grads_flops = _conv_window(batch_size, width, log_every, with_grads=True)
-  step_seconds, loop_seconds, conv_seconds, grads_seconds = _best_windows(
-    [step_window, loop_window, conv_window, grads_window], _SECONDS.value
+  step_seconds, conv_seconds, grads_seconds = _best_windows(
+    [step_window, conv_window, grads_window], _SECONDS.value
   )
+  loop_rate = loop_steps_per_s(torso, shard_dir)
+  # The step alone again, right after the loop, so that both see the same machine load.
+  (step_seconds_after,) = _best_windows([step_window], _SECONDS.value / 4)
+  step_alone = log_every / np.mean([step_seconds, step_seconds_after])
   step_rate, roof = step_flops * log_every / step_seconds, conv_flops / conv_seconds
   train_roof = grads_flops / grads_seconds
   print(
@@ -174,8 +216,8 @@ def measure(torso: str, mesh) -> float:
     f"step / that = {step_rate / train_roof:.3f})"
   )
   print(
-    f"[{torso}]   loop (data + step + log every {log_every}) {log_every / loop_seconds:.2f} "
-    f"steps/s; loop / step alone = {step_seconds / loop_seconds:.3f}"
+    f"[{torso}]   trainer.train on real data (sampler + step + log every {log_every}) "
+    f"{loop_rate:.2f} steps/s; loop / step alone ({step_alone:.2f}) = {loop_rate / step_alone:.3f}"
   )
   return step_rate / roof
 
@@ -206,7 +248,8 @@ def main(argv):
   del argv
   mesh = sharding.make_mesh()
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, jax {jax.__version__}")
-  fractions = [measure(torso, mesh) for torso in _MODELS.value]
+  shard_dir = real_data()
+  fractions = [measure(torso, mesh, shard_dir) for torso in _MODELS.value]
   if _RESNET101.value:
     compile_resnet101(mesh)
   print(f"RESULT train_step_roof_fraction {min(fractions):.3f}")

@@ -205,8 +205,9 @@ class EpisodeLog:
     self._writer.writerows(rows)
 
   def add(self, suffix: int, score: float, length: int, truncated: bool) -> None:
-    self._writer.writerow(dict(suffix=suffix, length=length, truncated=int(truncated),
-                               **{"return": float(score)}))
+    self._writer.writerow(
+      dict(suffix=suffix, length=length, truncated=int(truncated), **{"return": float(score)})
+    )
 
   def close(self) -> None:
     self._file.close()
@@ -242,7 +243,9 @@ def collect_run(
   if stream.done:
     logging.info("%s: complete, nothing to do", replay_dir)
     return
-  episode_log = EpisodeLog(os.path.join(os.path.dirname(replay_dir), dqn_replay.EPISODES_FILE), stream.suffix)
+  episode_log = EpisodeLog(
+    os.path.join(os.path.dirname(replay_dir), dqn_replay.EPISODES_FILE), stream.suffix
+  )
   protocol = atari.Protocol(max_episode_steps=max_episode_steps)
   total = (num_checkpoints - stream.suffix) * capacity + partial_rows
   bar = tqdm.tqdm(total=total, desc=f"{game} {replay_dir}", unit="row", disable=not progress)

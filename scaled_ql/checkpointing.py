@@ -109,11 +109,12 @@ class Checkpointer:
       elif stored[path] != wanted[path]:
         differences.append(f"  {path}: checkpoint {stored[path]} vs configured {wanted[path]}")
     if differences:
-      shown = differences[:20] + ([f"  ... and {len(differences) - 20} more"] * (len(differences) > 20))
+      shown = differences[:20] + (
+        [f"  ... and {len(differences) - 20} more"] * (len(differences) > 20)
+      )
       raise CheckpointMismatchError(
         f"The checkpoint at step {step} in {self.directory} does not match the configured "
         f"model ({len(differences)} differences):\n" + "\n".join(shown) + "\nUse the gin "
         "config the checkpoint was trained with (its workdir's operative_config.gin) or a new "
         "--workdir."
       )
-

@@ -9,6 +9,7 @@ human-normalised), followed by plain statements of who beat whom. It states what
 measured, including when offline RL has not overtaken BC or the data.
 """
 
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -26,8 +27,10 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this Mark
 def _latest_results(workdir: str) -> evaluate.EvalResults:
   paths = evaluate.find_results(workdir)
   if not paths:
-    raise FileNotFoundError(f"{workdir} has no evaluation results: run `python -m "
-                            f"scaled_ql.evaluate --workdir={workdir}` first.")
+    raise FileNotFoundError(
+      f"{workdir} has no evaluation results: run `python -m "
+      f"scaled_ql.evaluate --workdir={workdir}` first."
+    )
   return evaluate.read_results(paths[-1])
 
 
@@ -70,15 +73,21 @@ def compare(run_dirs: Sequence[str], data_dir: str | None) -> str:
   for name, mean in zip(names, means, strict=True):
     if data_means:
       above = [g for g in game_names if g in mean and mean[g] > data_means[g]]
-      lines.append(f"- {name} scored above the data's average on {len(above)} of "
-                   f"{len(game_names)} games{': ' + ', '.join(above) if above else ''}.")
-  for i, j in ((i, j) for i in range(len(names)) for j in range(i + 1, len(names))):
+      lines.append(
+        f"- {name} scored above the data's average on {len(above)} of "
+        f"{len(game_names)} games{': ' + ', '.join(above) if above else ''}."
+      )
+  for i, j in itertools.combinations(range(len(names)), 2):
     wins = [g for g in game_names if g in means[i] and g in means[j] and means[i][g] > means[j][g]]
-    lines.append(f"- {names[i]} scored above {names[j]} on {len(wins)} of {len(game_names)} "
-                 f"games{': ' + ', '.join(wins) if wins else ''}.")
+    lines.append(
+      f"- {names[i]} scored above {names[j]} on {len(wins)} of {len(game_names)} "
+      f"games{': ' + ', '.join(wins) if wins else ''}."
+    )
   protocols = {r.protocol_name for r in results}
-  lines.append(f"- Evaluation protocol: {', '.join(sorted(protocols))}; epsilon "
-               f"{results[0].epsilon}; ALE {results[0].ale_version}.")
+  lines.append(
+    f"- Evaluation protocol: {', '.join(sorted(protocols))}; epsilon "
+    f"{results[0].epsilon}; ALE {results[0].ale_version}."
+  )
   return "\n".join(lines)
 
 

@@ -19,11 +19,17 @@ from scaled_ql import atari, data, evaluate, games, losses, networks, optimizers
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
-flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results. Resumes if it exists.")
+flags.DEFINE_string(
+  "workdir", None, "Run directory: checkpoints, logs, results. Resumes if it exists."
+)
 flags.DEFINE_multi_string("gin_file", [], "gin files, relative to the cwd or to the repo's gin/.")
-flags.DEFINE_multi_string("gin_bindings", [], "gin bindings, e.g. \"train.num_grad_steps = 10\".")
-flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() (TPU pods "
-                  "find their hosts; elsewhere pass the three flags below).")
+flags.DEFINE_multi_string("gin_bindings", [], 'gin bindings, e.g. "train.num_grad_steps = 10".')
+flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Multi-host: call jax.distributed.initialize() (TPU pods "
+  "find their hosts; elsewhere pass the three flags below).",
+)
 flags.DEFINE_string("coordinator_address", None, "Multi-host: process 0's host:port.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -85,14 +91,20 @@ def initialize_distributed() -> None:
     # (Asking for the backend here would initialise it too early.)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
-  logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "Process %d of %d, %d local / %d global devices.",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def require_workdir() -> str:
   if not flags.FLAGS.workdir:
-    raise UserError("--workdir is required: the run directory (created if missing, resumed if "
-                    "it holds a run).")
+    raise UserError(
+      "--workdir is required: the run directory (created if missing, resumed if it holds a run)."
+    )
   return flags.FLAGS.workdir
 
 

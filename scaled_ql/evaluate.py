@@ -422,8 +422,11 @@ def _define_flags() -> None:
   flags.DEFINE_integer("variant", 0, "Game variant (ALE mode/difficulty), see scaled_ql.atari.")
   flags.DEFINE_integer("num_envs_per_game", None, "Parallel environments per game.")
   flags.DEFINE_integer("seed", 0, "Seed of environments and exploration.")
-  flags.DEFINE_integer("max_episode_steps", 27_000, "Agent steps before an episode is cut "
-                       "(27,000 = 108k frames, the DQN Replay protocol).")
+  flags.DEFINE_integer(
+    "max_episode_steps",
+    27_000,
+    "Agent steps before an episode is cut (27,000 = 108k frames, the DQN Replay protocol).",
+  )
 
 
 if __name__ == "__main__":

@@ -15,14 +15,18 @@ from scaled_ql import config, trainer
 def main() -> None:
   workdir = config.require_workdir()
   if not config.flags.FLAGS.gin_file:
-    raise config.UserError("give at least one --gin_file (e.g. local.gin, debug.gin, "
-                           "pretrain_near_optimal.gin)")
+    raise config.UserError(
+      "give at least one --gin_file (e.g. local.gin, debug.gin, pretrain_near_optimal.gin)"
+    )
   config.parse_gin(config.flags.FLAGS.gin_file, config.flags.FLAGS.gin_bindings)
   config.initialize_distributed()
   final_metrics = trainer.train(workdir)
-  shown = {k: round(v, 4) for k, v in final_metrics.items() if "/" not in k or k.startswith("eval/")}
-  logging.info("Done: %s. Checkpoints, metrics.jsonl and TensorBoard logs are in %s.", shown,
-               workdir)
+  shown = {
+    k: round(v, 4) for k, v in final_metrics.items() if "/" not in k or k.startswith("eval/")
+  }
+  logging.info(
+    "Done: %s. Checkpoints, metrics.jsonl and TensorBoard logs are in %s.", shown, workdir
+  )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,8 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from scaled_ql import checkpointing, games, losses, metrics, networks, optimizers, sharding
+from scaled_ql import checkpointing, games, losses, metrics, networks, optimizers, sharding, types
 from scaled_ql import train_step as train_step_lib
-from scaled_ql import types
 
 RUN_INFO_FILE = "run_info.json"
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
@@ -61,12 +60,18 @@ def build_learner(
   return Learner(network, loss_fn, optimizer_fn(), sharding.make_mesh())
 
 
-def abstract_train_state(learner: Learner, sample_batch, seed: int, fsdp: bool = False,
-                         ema: bool = False):
+def abstract_train_state(
+  learner: Learner, sample_batch, seed: int, fsdp: bool = False, ema: bool = False
+):
   """The TrainState's shapes and mesh shardings, without computing it (to restore into)."""
   shapes = jax.eval_shape(
-    functools.partial(train_step_lib.init_train_state, network=learner.network,
-                      optimizer=learner.optimizer, sample_batch=sample_batch, ema=ema),
+    functools.partial(
+      train_step_lib.init_train_state,
+      network=learner.network,
+      optimizer=learner.optimizer,
+      sample_batch=sample_batch,
+      ema=ema,
+    ),
     jax.random.PRNGKey(seed),
   )
   return sharding.replicated_shapes(shapes, learner.mesh, fsdp)
@@ -143,14 +148,20 @@ def train(
   # -- Validate before any compute.
   games.validate_games(game_names)
   if global_batch_size % jax.process_count():
-    raise ValueError(f"global_batch_size={global_batch_size} is not divisible by "
-                     f"{jax.process_count()} processes.")
+    raise ValueError(
+      f"global_batch_size={global_batch_size} is not divisible by {jax.process_count()} processes."
+    )
   os.makedirs(workdir, exist_ok=True)
   if not os.access(workdir, os.W_OK):
     raise PermissionError(f"The workdir {workdir} is not writable; pass another --workdir.")
   local_batch_size = global_batch_size // jax.process_count()
-  dataset = dataset_fn(game_names=game_names, local_batch_size=local_batch_size, seed=seed,
-                       process_index=jax.process_index(), process_count=jax.process_count())
+  dataset = dataset_fn(
+    game_names=game_names,
+    local_batch_size=local_batch_size,
+    seed=seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
 
   # -- Build the learner and restore or initialise the state.
   learner = build_learner(game_names, network_config, loss_config, optimizer_fn)
@@ -162,25 +173,51 @@ def train(
     state = checkpointer.restore(abstract_state)
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
   else:
-    state = train_step_lib.init_train_state(jax.random.PRNGKey(seed), learner.network,
-                                            learner.optimizer, sample_batch, learner.mesh, fsdp,
-                                            ema)
+    state = train_step_lib.init_train_state(
+      jax.random.PRNGKey(seed),
+      learner.network,
+      learner.optimizer,
+      sample_batch,
+      learner.mesh,
+      fsdp,
+      ema,
+    )
   start_step = int(state.step)
-  _write_run_info(workdir, dict(
-    method=method, phase=phase, init=init, data_quality=data_quality,
-    game_names=list(game_names), seed=seed, global_batch_size=global_batch_size,
-    num_grad_steps=num_grad_steps, ema_decay=ema_decay,
-    network_config=dataclasses.asdict(network_config),
-    loss_config=dataclasses.asdict(loss_config),
-    num_params=int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params))),
-  ))
+  _write_run_info(
+    workdir,
+    dict(
+      method=method,
+      phase=phase,
+      init=init,
+      data_quality=data_quality,
+      game_names=list(game_names),
+      seed=seed,
+      global_batch_size=global_batch_size,
+      num_grad_steps=num_grad_steps,
+      ema_decay=ema_decay,
+      network_config=dataclasses.asdict(network_config),
+      loss_config=dataclasses.asdict(loss_config),
+      num_params=int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params))),
+    ),
+  )
 
   step_fn = train_step_lib.make_train_step(
-    learner.network, learner.loss_fn, learner.optimizer, target_update_period, mesh=learner.mesh,
-    state_sharding=jax.tree.map(lambda leaf: leaf.sharding, abstract_state), ema_decay=ema_decay)
+    learner.network,
+    learner.loss_fn,
+    learner.optimizer,
+    target_update_period,
+    mesh=learner.mesh,
+    state_sharding=jax.tree.map(lambda leaf: leaf.sharding, abstract_state),
+    ema_decay=ema_decay,
+  )
   writer = metrics.MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
-  progress = tqdm.tqdm(total=num_grad_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                       disable=jax.process_index() != 0)
+  progress = tqdm.tqdm(
+    total=num_grad_steps,
+    initial=start_step,
+    unit="step",
+    dynamic_ncols=True,
+    disable=jax.process_index() != 0,
+  )
 
   # -- The loop: the step is the only per-step work; metrics are fetched every log window.
   last_logged, window_start, window_time = {}, start_step, time.time()
@@ -197,15 +234,19 @@ def train(
         metrics.check_finite(flat, window_start + 1, step)
         elapsed = time.time() - window_time
         steps_per_s = (step - window_start) / max(elapsed, 1e-9)
-        flat.update(steps_per_s=steps_per_s, examples_per_s=steps_per_s * global_batch_size,
-                    eta_s=(num_grad_steps - step) / steps_per_s)
+        flat.update(
+          steps_per_s=steps_per_s,
+          examples_per_s=steps_per_s * global_batch_size,
+          eta_s=(num_grad_steps - step) / steps_per_s,
+        )
         writer.write(step, flat)
         progress.set_postfix(loss=f"{flat['loss']:.3f}", q=f"{flat.get('q_mean', 0.0):.2f}")
         last_logged, window_start, window_time = flat, step, time.time()
       if step % checkpoint_every_steps == 0 or step == num_grad_steps:
         checkpointer.save(state)
-      if eval_fn and ((eval_every_steps and step % eval_every_steps == 0)
-                      or step == num_grad_steps):
+      if eval_fn and (
+        (eval_every_steps and step % eval_every_steps == 0) or step == num_grad_steps
+      ):
         policy = make_greedy_policy(learner.network, evaluated_params(state))
         eval_scalars = eval_fn(policy, game_names, step, workdir)
         writer.write(step, eval_scalars)
@@ -238,8 +279,10 @@ def read_run_info(workdir: str) -> dict:
   """Reads a run's `run_info.json`, with a clear error when the run does not exist."""
   path = os.path.join(workdir, RUN_INFO_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} does not exist: {workdir} is not a training run directory "
-                            "(run `python -m scaled_ql.pretrain --workdir=...` first).")
+    raise FileNotFoundError(
+      f"{path} does not exist: {workdir} is not a training run directory "
+      "(run `python -m scaled_ql.pretrain --workdir=...` first)."
+    )
   with open(path) as f:
     return json.load(f)
 

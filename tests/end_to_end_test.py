@@ -105,19 +105,31 @@ def test_pretrain_resumes_exactly(runs):
     np.testing.assert_array_equal(x, y)
   # ... and training did change them.
   assert any(
-    not np.array_equal(x, y) for x, y in zip(jax_leaves(restore_params(resumed, 3)), leaves_a)
+    not np.array_equal(x, y)
+    for x, y in zip(jax_leaves(restore_params(resumed, 3)), leaves_a, strict=True)
   )
 
 
 def test_evaluate_and_report_a_trained_run(runs, tmp_path):
   resumed, _ = runs
-  out = run("scaled_ql.evaluate", f"--workdir={resumed}", "--num_episodes=2",
-            "--num_envs_per_game=2", "--max_episode_steps=60", "--games=Pong")
+  out = run(
+    "scaled_ql.evaluate",
+    f"--workdir={resumed}",
+    "--num_episodes=2",
+    "--num_envs_per_game=2",
+    "--max_episode_steps=60",
+    "--games=Pong",
+  )
   assert "Pong" in out.stdout and "Breakout" not in out.stdout
   report_dir = tmp_path / "report"
   # A shortened episode cap is not the DQN protocol: the results are filed as "custom".
-  run("scaled_ql.report", f"--runs={resumed}", f"--output={report_dir}", "--reps=50",
-      "--protocol=custom")
+  run(
+    "scaled_ql.report",
+    f"--runs={resumed}",
+    f"--output={report_dir}",
+    "--reps=50",
+    "--protocol=custom",
+  )
   # The report uses each run's latest evaluation: the Pong-only one just made.
   per_game = (report_dir / "per_game.md").read_text()
   assert "| Pong |" in per_game and "| Breakout |" not in per_game
@@ -127,9 +139,19 @@ def test_evaluate_and_report_a_trained_run(runs, tmp_path):
 def test_collect_with_a_trained_policy(runs, tmp_path):
   resumed, _ = runs
   out = tmp_path / "replay"
-  run("data_prep.collect", f"--output_dir={out}", "--games=Pong", "--num_checkpoints=2",
-      "--checkpoint_size=200", "--policy=schedule", f"--policy_workdir={resumed}",
-      "--epsilon_start=1.0", "--epsilon_end=0.0", "--num_envs=2", "--max_episode_steps=100")
+  run(
+    "data_prep.collect",
+    f"--output_dir={out}",
+    "--games=Pong",
+    "--num_checkpoints=2",
+    "--checkpoint_size=200",
+    "--policy=schedule",
+    f"--policy_workdir={resumed}",
+    "--epsilon_start=1.0",
+    "--epsilon_end=0.0",
+    "--num_envs=2",
+    "--max_episode_steps=100",
+  )
   logs = sorted(os.listdir(out / "Pong" / "1" / "replay_logs"))
   assert "$store$_action_ckpt.1.gz" in logs and "add_count_ckpt.1.gz" in logs
 
@@ -141,7 +163,7 @@ def run_failing(module: str, *args: str) -> str:
   )
   assert result.returncode == 2, f"{module} should fail cleanly:\n{result.stderr[-5000:]}"
   assert "Traceback" not in result.stderr, result.stderr[-5000:]
-  return result.stderr[result.stderr.rindex("error: "):]
+  return result.stderr[result.stderr.rindex("error: ") :]
 
 
 def test_bad_input_fails_before_compute(shard_dir, tmp_path):
@@ -207,10 +229,14 @@ def test_incompatible_checkpoint_names_the_parameters(shard_dir, tmp_path):
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(shard_dir, tmp_path):
   workdir = str(tmp_path / "run")
   pretrain(workdir, shard_dir, 3)
-  message = run_failing("scaled_ql.pretrain", f"--workdir={workdir}", "--gin_file=debug.gin",
-                        f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
-                        "--gin_bindings=optimizers.make_optimizer.learning_rate = 1e30",
-                        "--gin_bindings=train.checkpoint_every_steps = 1")
+  message = run_failing(
+    "scaled_ql.pretrain",
+    f"--workdir={workdir}",
+    "--gin_file=debug.gin",
+    f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
+    "--gin_bindings=optimizers.make_optimizer.learning_rate = 1e30",
+    "--gin_bindings=train.checkpoint_every_steps = 1",
+  )
   assert "Non-finite training metrics" in message and "[4, 4]" in message
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
   for leaf in jax_leaves(restore_params(workdir, 3)):

@@ -335,8 +335,10 @@ def read_episode_returns(root: str, game: str) -> np.ndarray:
   """
   paths = sorted(glob.glob(os.path.join(root, game, "*", EPISODES_FILE)))
   if not paths:
-    raise DataError(f"no {EPISODES_FILE} under {os.path.join(root, game)}: only data made by "
-                    "`python -m data_prep.collect` logs episode scores")
+    raise DataError(
+      f"no {EPISODES_FILE} under {os.path.join(root, game)}: only data made by "
+      "`python -m data_prep.collect` logs episode scores"
+    )
   returns = []
   for path in paths:
     with open(path) as f:
