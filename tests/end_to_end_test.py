@@ -136,6 +136,23 @@ def test_evaluate_and_report_a_trained_run(runs, tmp_path):
   assert (report_dir / "main_table.md").exists() and (report_dir / "iqm_ci.png").exists()
 
 
+def test_compare_against_the_data(runs, shard_dir, tmp_path):
+  resumed, straight = runs
+  replay = os.path.join(os.path.dirname(shard_dir), "replay")
+  out = run(
+    "scaled_ql.compare",
+    f"--runs={resumed},{straight}",
+    f"--data_dir={replay}",
+    f"--output={tmp_path / 'table.md'}",
+  )
+  # The data column: mean ± sd (episodes) of the collector's logged, unclipped episode scores.
+  breakout = next(line for line in out.stdout.splitlines() if line.startswith("| Breakout |"))
+  data_cell = breakout.split("|")[2]
+  assert float(data_cell.split("±")[0]) >= 0.0 and int(data_cell.split("(")[1].rstrip(") ")) > 0
+  assert "scaled_ql scored above scaled_ql on" in out.stdout
+  assert (tmp_path / "table.md").read_text().strip() == out.stdout.strip()
+
+
 def test_collect_with_a_trained_policy(runs, tmp_path):
   resumed, _ = runs
   out = tmp_path / "replay"

@@ -149,3 +149,30 @@ def test_put_batch_splits_the_leading_axis():
   assert batch.obs.shape == (BATCH_SIZE, 84, 84, 4)
   assert len(batch.obs.addressable_shards) == 4
   assert batch.obs.addressable_shards[0].data.shape == (BATCH_SIZE // 4, 84, 84, 4)
+
+
+def test_ema_params_follow_the_moving_average(learner):
+  decay = 0.9
+  state = train_step.init_train_state(
+    jax.random.PRNGKey(42), learner.network, learner.optimizer, _batch(), ema=True
+  )
+  step_fn = train_step.make_train_step(
+    learner.network, learner.loss_fn, learner.optimizer, 1000, ema_decay=decay
+  )
+  expected = jax.device_get(state.ema_params)
+  _assert_trees_equal(expected, jax.device_get(state.params))
+  for _ in range(3):
+    state, _ = step_fn(state, _batch())
+    params = jax.device_get(state.params)
+    expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, expected, params)
+  for x, y in zip(
+    jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(state.ema_params)), strict=True
+  ):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+  assert not np.allclose(
+    state.ema_params["scaled_ql/projection"]["w"], state.params["scaled_ql/projection"]["w"]
+  )
+  with pytest.raises(ValueError, match="ema_decay"):
+    train_step.make_train_step(
+      learner.network, learner.loss_fn, learner.optimizer, 1, ema_decay=1.0
+    )
