@@ -30,7 +30,7 @@ done
 
 echo "== 4/4 results (evaluation: DQN Replay protocol, sticky actions, epsilon 0.001)"
 $PY -m scaled_ql.report --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" --output="$WORKDIR/report" \
-  --task_bootstrap >/dev/null
+  --task_bootstrap --verbosity=-1 >/dev/null
 $PY -m scaled_ql.compare --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" --data_dir="$WORKDIR/replay" \
   --output="$WORKDIR/report/local_results.md"
 echo

@@ -108,10 +108,15 @@ def require_workdir() -> str:
   return flags.FLAGS.workdir
 
 
+# Libraries whose INFO lines are noise on the console: orbax (about 30 per checkpoint) and
+# JAX's backend probing ("Unable to initialize backend 'tpu'" on every CPU run).
+_QUIET_PATHS = ("/orbax/", "/jax/_src/xla_bridge.py")
+
+
 def _quiet_library_logs() -> None:
-  """Keeps orbax's per-save INFO lines (about 30 a checkpoint) out of the console."""
   logging.get_absl_handler().addFilter(
-    lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    lambda record: record.levelno >= std_logging.WARNING
+    or not any(path in record.pathname for path in _QUIET_PATHS)
   )
 
 

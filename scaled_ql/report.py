@@ -84,7 +84,7 @@ def _run_info(workdir: str) -> dict | None:
       if f"train.{key}" in bindings:
         info[key] = bindings[f"train.{key}"]
     quality = _data_quality_from_suffixes(bindings.get("ReplayDataset.suffixes"))
-    if quality:
+    if quality and "data_quality" not in info:
       info["data_quality"] = quality
   info_path = os.path.join(workdir, "run_info.json")
   if os.path.exists(info_path):
