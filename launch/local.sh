@@ -22,9 +22,9 @@ $PY -m data_prep.convert --replay_dir="$WORKDIR/replay" --shard_dir="$WORKDIR/sh
 
 for method in scaled_ql bc; do
   echo "== 3/4 pretraining: ${method}"
-  extra=()
-  [ "$method" = bc ] && extra=(--gin_file=local_bc.gin)
-  $PY -m scaled_ql.pretrain --workdir="$WORKDIR/$method" --gin_file=local.gin "${extra[@]}" \
+  gin_file=local.gin
+  [ "$method" = bc ] && gin_file=local_bc.gin
+  $PY -m scaled_ql.pretrain --workdir="$WORKDIR/$method" --gin_file="$gin_file" \
     --gin_bindings="data.ReplayDataset.shard_dir = '$WORKDIR/shards'"
 done
 

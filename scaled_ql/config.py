@@ -115,8 +115,10 @@ _QUIET_PATHS = ("/orbax/", "/jax/_src/xla_bridge.py")
 
 def _quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(
-    lambda record: record.levelno >= std_logging.WARNING
-    or not any(path in record.pathname for path in _QUIET_PATHS)
+    lambda record: (
+      record.levelno >= std_logging.WARNING
+      or not any(path in record.pathname for path in _QUIET_PATHS)
+    )
   )
 
 
