@@ -72,9 +72,10 @@ if (( ! dry_run )) && ! command -v gsutil > /dev/null; then
   exit 1
 fi
 
+run_list=$(expand "$runs")  # Fails the script on a bad --runs (a loop's $(...) would not).
 IFS=',' read -ra game_list <<< "$games"
 for game in "${game_list[@]}"; do
-  for r in $(expand "$runs"); do
+  for r in $run_list; do
     dest="${output_dir}/${game}/${r}/replay_logs"
     run mkdir -p "$dest"
     if [[ "$suffix_list" == "all" ]]; then

@@ -10,11 +10,13 @@ bash launch/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 PY=.venv/bin/python
 WORKDIR=${WORKDIR:-workdirs/local}
-GAMES=$(sed -n 's/^# games: //p' gin/local.gin)
-COLLECT_FLAGS=$(sed -n 's/^# collect: //p' gin/local.gin)
+# The games are local.gin's own `train.game_names`.
+GAMES=$($PY -c "import gin; from scaled_ql import config; config.parse_gin(['local.gin'], []); \
+print(','.join(gin.query_parameter('train.game_names')))")
 
 echo "== 1/4 collecting DQN-Replay-format data from real ALE games: ${GAMES}"
-$PY -m data_prep.collect --output_dir="$WORKDIR/replay" --games="$GAMES" $COLLECT_FLAGS
+$PY -m data_prep.collect --output_dir="$WORKDIR/replay" --games="$GAMES" --runs=1 \
+  --num_checkpoints=1 --checkpoint_size=50000 --policy=random --num_envs=8
 
 echo "== 2/4 converting to the random-access shard format"
 $PY -m data_prep.convert --replay_dir="$WORKDIR/replay" --shard_dir="$WORKDIR/shards" \

@@ -22,6 +22,7 @@ from scaled_ql.data import dqn_replay
 _RUNS = flags.DEFINE_list("runs", None, "Run directories (trained and evaluated).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Collector output with episodes.csv logs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this Markdown file.")
+_PROTOCOL = flags.DEFINE_enum("protocol", "dqn", ["dqn", "mgdt", "custom"], "Evaluations to use.")
 
 
 def _latest_results(workdir: str) -> evaluate.EvalResults:
@@ -44,10 +45,10 @@ def _hns(game: str, score: float) -> str:
   return f"{100 * games.human_normalized_score(game, score):.1f}%"
 
 
-def compare(run_dirs: Sequence[str], data_dir: str | None) -> str:
+def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn") -> str:
   """The comparison as Markdown: a per-game table and one verdict line per run pair."""
   names = [trainer.read_run_info(d)["method"] for d in run_dirs]
-  results = [_latest_results(d) for d in run_dirs]
+  results = [_latest_results(d, protocol) for d in run_dirs]
   game_names = sorted({g for r in results for g in r.games})
   header = ["Game", "Data (behaviour)"]
   for name, r in zip(names, results, strict=True):
@@ -97,7 +98,7 @@ def main() -> None:
   for run_dir in _RUNS.value:
     if not os.path.isdir(run_dir):
       raise config.UserError(f"--runs: {run_dir} does not exist.")
-  table = compare(_RUNS.value, _DATA_DIR.value)
+  table = compare(_RUNS.value, _DATA_DIR.value, _PROTOCOL.value)
   print(table)
   if _OUTPUT.value:
     with open(_OUTPUT.value, "w") as f:

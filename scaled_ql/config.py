@@ -38,7 +38,12 @@ flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 gin.external_configurable(networks.NetworkConfig, module="networks")
 gin.external_configurable(losses.LossConfig, module="losses")
 gin.external_configurable(optimizers.make_optimizer, module="optimizers")
-gin.external_configurable(data.ReplayDataset, module="data")
+# The trainer passes these itself: a binding of them would be silently overridden.
+gin.external_configurable(
+  data.ReplayDataset,
+  module="data",
+  denylist=["game_names", "local_batch_size", "seed", "process_index", "process_count"],
+)
 gin.external_configurable(evaluate.make_eval_fn, module="evaluate")
 gin.external_configurable(atari.Protocol, module="atari")
 gin.constant("TRAIN_GAMES", games.TRAIN_GAMES)
@@ -130,11 +135,21 @@ def run_main(main: Callable[[], None]) -> None:
   _quiet_library_logs()
   try:
     main()
-  except (UserError, ValueError, FileNotFoundError, PermissionError, FloatingPointError) as e:
-    if os.environ.get("SCALED_QL_TRACEBACK"):
+  except Exception as e:  # Re-raised below unless it is the user's mistake.
+    if os.environ.get("SCALED_QL_TRACEBACK") or not _is_user_error(e):
       raise
     logging.flush()
     # gin appends "In call to configurable ..." lines: noise for a user's mistake.
     lines = [line for line in str(e).splitlines() if "In call to configurable" not in line]
     print("error: " + "\n".join(lines), file=sys.stderr)
     sys.exit(2)
+
+
+def _is_user_error(e: Exception) -> bool:
+  """Bad input (and divergence) get a message; anything else is a bug and keeps its traceback."""
+  if isinstance(e, (UserError, ValueError, FileNotFoundError, PermissionError, FloatingPointError)):
+    return True
+  # gin reports a missing required binding as a TypeError or RuntimeError.
+  return isinstance(e, (TypeError, RuntimeError)) and (
+    "Gin" in str(e) or "Required bindings" in str(e)
+  )

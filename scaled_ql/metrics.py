@@ -1,7 +1,7 @@
 """Training metrics on the host: TensorBoard event files and a `metrics.jsonl` log.
 
 Per-game metrics arrive as `[num_games]` vectors and are written one scalar per game
-(`td_loss/Breakout`), so TensorBoard groups them by metric.
+(`per_game/td_loss/Breakout`), so TensorBoard groups them by metric.
 """
 
 import json
@@ -101,3 +101,11 @@ def read_jsonl(path: str) -> list[dict]:
   """Reads a `metrics.jsonl` file back (for reports and tests)."""
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def steps_with(workdir: str, prefix: str) -> set[int]:
+  """Steps whose logged row in `{workdir}/metrics.jsonl` has a metric starting with `prefix`."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return set()
+  return {row["step"] for row in read_jsonl(path) if any(k.startswith(prefix) for k in row)}

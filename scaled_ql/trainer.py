@@ -147,14 +147,34 @@ def train(
   """
   # -- Validate before any compute.
   games.validate_games(game_names)
-  if global_batch_size % jax.process_count():
+  _check_local_path(workdir)
+  if phase != "pretrain" or init != "scratch":
     raise ValueError(
-      f"global_batch_size={global_batch_size} is not divisible by {jax.process_count()} processes."
+      f"train.phase={phase!r}, train.init={init!r}: only 'pretrain' from 'scratch' is "
+      "implemented; fine-tuning from a pretrained checkpoint is not yet."
     )
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
-    raise PermissionError(f"The workdir {workdir} is not writable; pass another --workdir.")
-  local_batch_size = global_batch_size // jax.process_count()
+  local_batch_size, remainder = divmod(global_batch_size, jax.process_count())
+  if remainder or local_batch_size % jax.local_device_count():
+    raise ValueError(
+      f"global_batch_size={global_batch_size} must split evenly over {jax.process_count()} "
+      f"process(es) and then over each process's {jax.local_device_count()} device(s)."
+    )
+  run_info = dict(
+    method=method,
+    phase=phase,
+    init=init,
+    data_quality=data_quality,
+    game_names=list(game_names),
+    seed=seed,
+    global_batch_size=global_batch_size,
+    num_grad_steps=num_grad_steps,
+    ema_decay=ema_decay,
+    network_config=dataclasses.asdict(network_config),
+    loss_config=dataclasses.asdict(loss_config),
+  )
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
+  if checkpointer.latest_step() is not None:
+    _check_same_run(workdir, run_info)
   dataset = dataset_fn(
     game_names=game_names,
     local_batch_size=local_batch_size,
@@ -165,8 +185,7 @@ def train(
 
   # -- Build the learner and restore or initialise the state.
   learner = build_learner(game_names, network_config, loss_config, optimizer_fn)
-  sample_batch = dataset.batch(0)
-  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
+  sample_batch = types.zeros_batch(local_batch_size)  # Shapes only.
   ema = ema_decay > 0
   abstract_state = abstract_train_state(learner, sample_batch, seed, fsdp, ema)
   if checkpointer.latest_step() is not None:
@@ -174,32 +193,13 @@ def train(
     logging.info("Resumed from the checkpoint at step %d.", int(state.step))
   else:
     state = train_step_lib.init_train_state(
-      jax.random.PRNGKey(seed),
-      learner.network,
-      learner.optimizer,
-      sample_batch,
-      learner.mesh,
-      fsdp,
-      ema,
-    )
+      jax.random.PRNGKey(seed), learner.network, learner.optimizer, sample_batch, learner.mesh,
+      fsdp, ema,
+    )  # fmt: skip
   start_step = int(state.step)
-  _write_run_info(
-    workdir,
-    dict(
-      method=method,
-      phase=phase,
-      init=init,
-      data_quality=data_quality,
-      game_names=list(game_names),
-      seed=seed,
-      global_batch_size=global_batch_size,
-      num_grad_steps=num_grad_steps,
-      ema_decay=ema_decay,
-      network_config=dataclasses.asdict(network_config),
-      loss_config=dataclasses.asdict(loss_config),
-      num_params=int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params))),
-    ),
-  )
+  num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
+  _write_run_info(workdir, dict(run_info, num_params=num_params))
+  logging.info("Data: %s", dataset.describe())
 
   step_fn = train_step_lib.make_train_step(
     learner.network,
@@ -211,6 +211,10 @@ def train(
     ema_decay=ema_decay,
   )
   writer = metrics.MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
+  if eval_fn and jax.process_count() > 1:
+    logging.warning("Periodic evaluation is single-process only; skipped. Evaluate checkpoints "
+                    "with `python -m scaled_ql.evaluate --workdir=...`.")  # fmt: skip
+    eval_fn = None
   progress = tqdm.tqdm(
     total=num_grad_steps,
     initial=start_step,
@@ -218,6 +222,13 @@ def train(
     dynamic_ncols=True,
     disable=jax.process_index() != 0,
   )
+
+  def run_eval(step: int) -> dict[str, float]:
+    policy = make_greedy_policy(learner.network, evaluated_params(state))
+    eval_scalars = eval_fn(policy, game_names, step, workdir)
+    writer.write(step, eval_scalars)
+    writer.flush()
+    return eval_scalars
 
   # -- The loop: the step is the only per-step work; metrics are fetched every log window.
   last_logged, window_start, window_time = {}, start_step, time.time()
@@ -232,32 +243,68 @@ def train(
       if boundary or step % checkpoint_every_steps == 0:
         flat = metrics.flatten(jax.device_get(step_metrics), game_names)
         metrics.check_finite(flat, window_start + 1, step)
-        elapsed = time.time() - window_time
-        steps_per_s = (step - window_start) / max(elapsed, 1e-9)
+        steps_per_s = (step - window_start) / max(time.time() - window_time, 1e-9)
         flat.update(
           steps_per_s=steps_per_s,
           examples_per_s=steps_per_s * global_batch_size,
           eta_s=(num_grad_steps - step) / steps_per_s,
         )
         writer.write(step, flat)
+        writer.flush()
         progress.set_postfix(loss=f"{flat['loss']:.3f}", q=f"{flat.get('q_mean', 0.0):.2f}")
         last_logged, window_start, window_time = flat, step, time.time()
       if step % checkpoint_every_steps == 0 or step == num_grad_steps:
         checkpointer.save(state)
-      if eval_fn and (
-        (eval_every_steps and step % eval_every_steps == 0) or step == num_grad_steps
-      ):
-        policy = make_greedy_policy(learner.network, evaluated_params(state))
-        eval_scalars = eval_fn(policy, game_names, step, workdir)
-        writer.write(step, eval_scalars)
-        last_logged = {**last_logged, **eval_scalars}
-      if boundary:
-        writer.flush()
+      if eval_fn and eval_every_steps and step % eval_every_steps == 0 and step < num_grad_steps:
+        last_logged = {**last_logged, **run_eval(step)}
+        window_time = time.time()  # Evaluation time is not training throughput.
+    # The final evaluation also runs when a killed run had checkpointed but not evaluated.
+    if eval_fn and step not in metrics.steps_with(workdir, "eval/"):
+      last_logged = {**last_logged, **run_eval(step)}
   finally:
     progress.close()
+    batches.close()
+    dataset.close()
     checkpointer.wait()
     writer.close()
   return last_logged
+
+
+def _check_local_path(workdir: str) -> None:
+  """The workdir is written with local file I/O: a URI would silently become a local folder."""
+  if "://" in workdir:
+    raise ValueError(
+      f"--workdir={workdir}: URIs are not supported; use a local path or a mounted shared "
+      "filesystem (e.g. gcsfuse or NFS, the same path on every host)."
+    )
+  os.makedirs(workdir, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(f"The workdir {workdir} is not writable; pass another --workdir.")
+
+
+# Fields that must not change when a run resumes (num_grad_steps and evaluation may).
+_IDENTITY_FIELDS = ("game_names", "seed", "global_batch_size", "network_config", "loss_config",
+                    "ema_decay", "method")  # fmt: skip
+
+
+def _check_same_run(workdir: str, run_info: dict) -> None:
+  """Refuses to resume a checkpoint under a different game list, seed, batch or model."""
+  path = os.path.join(workdir, RUN_INFO_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    stored = json.load(f)
+  run_info = json.loads(json.dumps(run_info))  # Compare in the stored form (tuples -> lists).
+  changed = [
+    f"  {key}: {stored[key]!r} -> {run_info[key]!r}"
+    for key in _IDENTITY_FIELDS
+    if key in stored and stored[key] != run_info[key]
+  ]
+  if changed:
+    raise ValueError(
+      f"{workdir} holds a run with a different configuration; resuming it would not continue "
+      "that run:\n" + "\n".join(changed) + "\nUse a new --workdir, or restore these values."
+    )
 
 
 def evaluated_params(state):

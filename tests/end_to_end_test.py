@@ -5,6 +5,7 @@ Every stage runs as its user would run it: `python -m ...` in a subprocess.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -149,7 +150,8 @@ def test_compare_against_the_data(runs, shard_dir, tmp_path):
   breakout = next(line for line in out.stdout.splitlines() if line.startswith("| Breakout |"))
   data_cell = breakout.split("|")[2]
   assert float(data_cell.split("±")[0]) >= 0.0 and int(data_cell.split("(")[1].rstrip(") ")) > 0
-  assert "scaled_ql scored above scaled_ql on" in out.stdout
+  # Two bit-identical runs: neither scores above the other on any game.
+  assert "scaled_ql scored above scaled_ql on 0 of 2 games." in out.stdout
   assert (tmp_path / "table.md").read_text().strip() == out.stdout.strip()
 
 
@@ -220,27 +222,30 @@ def test_bad_input_fails_before_compute(shard_dir, tmp_path):
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 
 
-def test_incompatible_checkpoint_names_the_parameters(shard_dir, tmp_path):
+def test_a_changed_configuration_is_not_resumed(shard_dir, tmp_path):
   workdir = str(tmp_path / "run")
   pretrain(workdir, shard_dir, 3)
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "scaled_ql.pretrain",
-      f"--workdir={workdir}",
-      "--gin_file=debug.gin",
-      f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
-      "--gin_bindings=NetworkConfig.projection_dim = 32",
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
+  message = run_failing(
+    "scaled_ql.pretrain",
+    f"--workdir={workdir}",
+    "--gin_file=debug.gin",
+    f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
+    "--gin_bindings=NetworkConfig.projection_dim = 32",
+    "--gin_bindings=train.seed = 7",
   )
-  assert result.returncode == 2
-  assert "does not match the configured model" in result.stderr
-  # The differing parameters are named with both shapes (projection width 16 vs 32).
-  assert "projection" in result.stderr and "16" in result.stderr and "32" in result.stderr
+  assert "different configuration" in message
+  assert "seed: 0 -> 7" in message and "'projection_dim': 32" in message
+  # Without the run record, the checkpoint itself names the differing parameters and shapes.
+  os.remove(os.path.join(workdir, "run_info.json"))
+  message = run_failing(
+    "scaled_ql.pretrain",
+    f"--workdir={workdir}",
+    "--gin_file=debug.gin",
+    f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
+    "--gin_bindings=NetworkConfig.projection_dim = 32",
+  )
+  assert "does not match the configured model" in message
+  assert re.search(r"projection\S*: checkpoint \(\d+, 16\) vs configured \(\d+, 32\)", message)
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(shard_dir, tmp_path):
