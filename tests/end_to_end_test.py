@@ -50,13 +50,20 @@ def shard_dir(tmp_path_factory):
   return str(root / "shards")
 
 
-def pretrain(workdir, shard_dir, num_grad_steps: int) -> subprocess.CompletedProcess:
-  return run(
-    "scaled_ql.pretrain",
+def pretrain_args(workdir, shard_dir, *bindings: str) -> list[str]:
+  """`scaled_ql.pretrain` arguments for debug.gin on `shard_dir`, plus gin bindings."""
+  return [
     f"--workdir={workdir}",
     "--gin_file=debug.gin",
     f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
-    f"--gin_bindings=train.num_grad_steps = {num_grad_steps}",
+    *(f"--gin_bindings={b}" for b in bindings),
+  ]
+
+
+def pretrain(workdir, shard_dir, num_grad_steps: int) -> subprocess.CompletedProcess:
+  return run(
+    "scaled_ql.pretrain",
+    *pretrain_args(workdir, shard_dir, f"train.num_grad_steps = {num_grad_steps}"),
   )
 
 
@@ -185,65 +192,35 @@ def run_failing(module: str, *args: str) -> str:
   return result.stderr[result.stderr.rindex("error: ") :]
 
 
+def pretrain_failing(workdir, shard_dir, *bindings: str) -> str:
+  return run_failing("scaled_ql.pretrain", *pretrain_args(workdir, shard_dir, *bindings))
+
+
 def test_bad_input_fails_before_compute(shard_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  binding = f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'"
-  message = run_failing(
-    "scaled_ql.pretrain",
-    f"--workdir={workdir}",
-    "--gin_file=debug.gin",
-    binding,
-    "--gin_bindings=LossConfig.cql_alfa = 1.0",
-  )
+  message = pretrain_failing(workdir, shard_dir, "LossConfig.cql_alfa = 1.0")
   assert "cql_alfa" in message
-  message = run_failing(
-    "scaled_ql.pretrain",
-    f"--workdir={workdir}",
-    "--gin_file=debug.gin",
-    binding,
-    "--gin_bindings=train.game_names = ['Breakout', 'Pongg']",
-  )
+  message = pretrain_failing(workdir, shard_dir, "train.game_names = ['Breakout', 'Pongg']")
   assert "Pongg" in message
-  message = run_failing(
-    "scaled_ql.pretrain",
-    f"--workdir={workdir}",
-    "--gin_file=debug.gin",
-    binding,
-    "--gin_bindings=train.game_names = ['Breakout', 'Seaquest']",
-  )
+  message = pretrain_failing(workdir, shard_dir, "train.game_names = ['Breakout', 'Seaquest']")
   assert "Seaquest" in message and "data_prep.convert" in message
-  message = run_failing(
-    "scaled_ql.pretrain",
-    f"--workdir={workdir}",
-    "--gin_file=debug.gin",
-    "--gin_bindings=data.ReplayDataset.shard_dir = '/nonexistent/shards'",
-  )
+  message = pretrain_failing(workdir, "/nonexistent/shards")
   assert "/nonexistent/shards" in message
+  message = pretrain_failing(workdir, shard_dir, "data.ReplayDataset.seed = 3")
+  assert "seed" in message  # The trainer passes the seed: binding it would be ignored.
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
 
 
 def test_a_changed_configuration_is_not_resumed(shard_dir, tmp_path):
   workdir = str(tmp_path / "run")
   pretrain(workdir, shard_dir, 3)
-  message = run_failing(
-    "scaled_ql.pretrain",
-    f"--workdir={workdir}",
-    "--gin_file=debug.gin",
-    f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
-    "--gin_bindings=NetworkConfig.projection_dim = 32",
-    "--gin_bindings=train.seed = 7",
-  )
+  changed = ("NetworkConfig.projection_dim = 32", "train.seed = 7")
+  message = pretrain_failing(workdir, shard_dir, *changed)
   assert "different configuration" in message
   assert "seed: 0 -> 7" in message and "'projection_dim': 32" in message
   # Without the run record, the checkpoint itself names the differing parameters and shapes.
   os.remove(os.path.join(workdir, "run_info.json"))
-  message = run_failing(
-    "scaled_ql.pretrain",
-    f"--workdir={workdir}",
-    "--gin_file=debug.gin",
-    f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
-    "--gin_bindings=NetworkConfig.projection_dim = 32",
-  )
+  message = pretrain_failing(workdir, shard_dir, "NetworkConfig.projection_dim = 32")
   assert "does not match the configured model" in message
   assert re.search(r"projection\S*: checkpoint \(\d+, 16\) vs configured \(\d+, 32\)", message)
 
@@ -251,14 +228,10 @@ def test_a_changed_configuration_is_not_resumed(shard_dir, tmp_path):
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(shard_dir, tmp_path):
   workdir = str(tmp_path / "run")
   pretrain(workdir, shard_dir, 3)
-  message = run_failing(
-    "scaled_ql.pretrain",
-    f"--workdir={workdir}",
-    "--gin_file=debug.gin",
-    f"--gin_bindings=data.ReplayDataset.shard_dir = '{shard_dir}'",
-    "--gin_bindings=optimizers.make_optimizer.learning_rate = 1e30",
-    "--gin_bindings=train.checkpoint_every_steps = 1",
-  )
+  message = pretrain_failing(
+    workdir, shard_dir, "optimizers.make_optimizer.learning_rate = 1e30",
+    "train.checkpoint_every_steps = 1",
+  )  # fmt: skip
   assert "Non-finite training metrics" in message and "[4, 4]" in message
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
   for leaf in jax_leaves(restore_params(workdir, 3)):
