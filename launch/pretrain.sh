@@ -2,11 +2,13 @@
 # Pretrains Scaled QL on a Cloud TPU pod: every host clones the repo, sets up, and runs
 # `python -m scaled_ql.pretrain --distributed` (jax.distributed finds the pod's hosts).
 #
-#   REPO=<clone URL> TPU_NAME=my-v3-128 ZONE=europe-west4-a WORKDIR=gs://BUCKET/runs/sql \
+#   REPO=<clone URL> TPU_NAME=my-v3-128 ZONE=europe-west4-a WORKDIR=/mnt/runs/sql \
 #   SHARD_DIR=/data/dqn_replay_shards bash launch/pretrain.sh pretrain_near_optimal.gin [BINDING...]
 #
 # Each host reads its own share of the data (data.ReplayDataset shards by process index):
 # SHARD_DIR must hold the converted shards on every host (a shared disk or a copy each).
+# WORKDIR must be one shared filesystem path mounted on every host (e.g. a gcsfuse mount of
+# a bucket): checkpoints are written by all hosts together, logs by host 0.
 # DRY_RUN=1 prints the command instead of running it.
 set -euo pipefail
 

@@ -25,14 +25,16 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this Mark
 _PROTOCOL = flags.DEFINE_enum("protocol", "dqn", ["dqn", "mgdt", "custom"], "Evaluations to use.")
 
 
-def _latest_results(workdir: str) -> evaluate.EvalResults:
-  paths = evaluate.find_results(workdir)
-  if not paths:
+def _latest_results(workdir: str, protocol: str) -> evaluate.EvalResults:
+  """The evaluation of the latest checkpoint under `protocol` (default game, variant 0)."""
+  candidates = [evaluate.read_results(path) for path in evaluate.find_results(workdir)]
+  candidates = [r for r in candidates if r.protocol_name == protocol and r.variant == 0]
+  if not candidates:
     raise FileNotFoundError(
-      f"{workdir} has no evaluation results: run `python -m "
+      f"{workdir} has no evaluation results under the {protocol} protocol: run `python -m "
       f"scaled_ql.evaluate --workdir={workdir}` first."
     )
-  return evaluate.read_results(paths[-1])
+  return max(candidates, key=lambda r: -1 if r.checkpoint_step is None else r.checkpoint_step)
 
 
 def _cell(returns: Sequence[float]) -> str:

@@ -172,8 +172,7 @@ def train(
     network_config=dataclasses.asdict(network_config),
     loss_config=dataclasses.asdict(loss_config),
   )
-  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
-  if checkpointer.latest_step() is not None:
+  if os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)):
     _check_same_run(workdir, run_info)
   dataset = dataset_fn(
     game_names=game_names,
@@ -185,6 +184,7 @@ def train(
 
   # -- Build the learner and restore or initialise the state.
   learner = build_learner(game_names, network_config, loss_config, optimizer_fn)
+  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
   sample_batch = types.zeros_batch(local_batch_size)  # Shapes only.
   ema = ema_decay > 0
   abstract_state = abstract_train_state(learner, sample_batch, seed, fsdp, ema)

@@ -152,6 +152,7 @@ def test_compare_against_the_data(runs, shard_dir, tmp_path):
     f"--runs={resumed},{straight}",
     f"--data_dir={replay}",
     f"--output={tmp_path / 'table.md'}",
+    "--protocol=custom",  # debug.gin evaluates with a 50-step cap.
   )
   # The data column: mean ± sd (episodes) of the collector's logged, unclipped episode scores.
   breakout = next(line for line in out.stdout.splitlines() if line.startswith("| Breakout |"))
