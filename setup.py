@@ -12,29 +12,32 @@ setuptools.setup(
   python_requires=">=3.11",
   packages=setuptools.find_packages(include=["scaled_ql", "scaled_ql.*", "data_prep"]),
   package_data={"scaled_ql": ["reference_scores.json"]},
+  # Lower bounds are the versions the tests and benchmarks ran with. rlax is not a
+  # dependency: rlax 0.1.9 fails to import with jax 0.10 (its distrax/TFP backend).
   install_requires=[
-    "absl-py>=2.1",
-    "ale-py>=0.10",
-    "chex>=0.1.90",
-    "dm-haiku>=0.0.14",
+    "absl-py>=2.5",
+    "ale-py>=0.12.1",
+    "chex>=0.1.92",
+    "dm-haiku>=0.0.17",
     "gin-config>=0.5.0",
-    "gymnasium[atari]>=1.0",
-    "importlib_resources>=6",  # tfds-nightly's builders need it and do not declare it.
-    "jax>=0.7",
-    "matplotlib>=3.9",
-    "numpy>=1.26",
-    "opencv-python-headless>=4.10",
-    "optax>=0.2.4",
-    "orbax-checkpoint>=0.11",
-    "pandas<3",
+    "gymnasium[atari]>=1.4",
+    "importlib_resources>=7.1",  # tfds-nightly's builders need it and do not declare it.
+    "jax>=0.10.2",
+    "matplotlib>=3.11",
+    "numpy>=2.4",
+    "opencv-python-headless>=5.0",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "pandas<3",  # rliable 1.2.0 fails to import with pandas 3.
     "rliable>=1.2.0",
-    "tensorboard>=2.18",
-    "tensorflow>=2.18",
+    "tensorboard>=2.21",
+    "tensorflow>=2.21",
     "tfds-nightly",
-    "tqdm>=4.66",
+    "tqdm>=4.70",
   ],
   extras_require={
-    "test": ["pytest>=8", "dopamine-rl==4.1.2"],
+    # dopamine-rl's replay-buffer writer and sampler are the DQN Replay format reference.
+    "test": ["pytest>=9.2", "dopamine-rl==4.1.2"],
     "tpu": ["jax[tpu]"],
   },
 )
