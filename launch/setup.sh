@@ -14,7 +14,7 @@ fi
 EXTRAS=${EXTRAS:-test}
 stamp=.venv/.scaled_ql_installed_${EXTRAS}
 if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-  echo "[setup] installing scaled_ql[${EXTRAS}] (the first run downloads ~2 GB of wheels)"
+  echo "[setup] installing scaled_ql[${EXTRAS}] (the first run installs about 3.7 GB)"
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -e ".[${EXTRAS}]"
   touch "$stamp"

@@ -4,14 +4,23 @@ import csv
 import json
 import os
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
 
-from scaled_ql import atari, evaluate, games, report, report_plots, report_tables, scores
+from scaled_ql import (
+  atari,
+  evaluate,
+  games,
+  networks,
+  report,
+  report_plots,
+  report_tables,
+  scores,
+  trainer,
+)
 
 _GAMES = ["Breakout", "Pong"]
 _PNGS = ["iqm_ci.png", "per_game.png", "performance_profile.png", "scaling.png"]
@@ -23,24 +32,13 @@ _TABLES = [
 
 
 def _tiny_policy(game_names, width, seed):
-  """A real jitted haiku Q-network with one head per game; returns (policy_fn, num_params)."""
-  num_actions = [games.num_actions(g) for g in game_names]
-
-  def net(obs, game_id):
-    x = jax.nn.relu(hk.Conv2D(width, 8, stride=4)(obs.astype(jnp.float32) / 255.0))
-    q = hk.Linear(len(num_actions) * games.MAX_NUM_ACTIONS)(hk.Flatten()(x))
-    q = q.reshape(-1, len(num_actions), games.MAX_NUM_ACTIONS)
-    q = jnp.take_along_axis(q, game_id[:, None, None], axis=1)[:, 0]
-    valid = jnp.arange(games.MAX_NUM_ACTIONS) < jnp.asarray(num_actions)[game_id][:, None]
-    return jnp.argmax(jnp.where(valid, q, -jnp.inf), axis=-1).astype(jnp.int32)
-
-  net = hk.without_apply_rng(hk.transform(net))
-  params = net.init(
-    jax.random.key(seed), jnp.zeros((1, 84, 84, 4), jnp.uint8), jnp.zeros(1, jnp.int32)
-  )
-  act = jax.jit(net.apply)
+  """The project's tiny network, untrained, as a greedy policy; returns (policy_fn, num_params)."""
+  config = networks.NetworkConfig(torso="tiny", widths=(width, width, width), projection_dim=32)
+  network = networks.make_network(config, [games.num_actions(g) for g in game_names])
+  obs, game_id = jnp.zeros((1, 84, 84, 4), jnp.uint8), jnp.zeros(1, jnp.int32)
+  params = network.init(jax.random.PRNGKey(seed), obs, game_id)
   num_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-  return (lambda obs, game_id: act(params, obs, game_id)), num_params
+  return trainer.make_greedy_policy(network, params), num_params
 
 
 def _make_run(workdir, method, game_names, *, phase="pretrain", init=None, width=4, seed=0):
