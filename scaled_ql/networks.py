@@ -26,7 +26,6 @@ without compiling anything (shapes only, via `jax.eval_shape`).
 """
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -130,9 +129,12 @@ class NetworkOutput(NamedTuple):
 class GroupNorm(hk.Module):
   """GroupNorm (Wu & He 2018) for [B, H, W, C], statistics via per-channel means.
 
-  Same values as hk.GroupNorm, but per-group statistics are formed from per-channel
-  spatial means and a [C, G] membership matmul instead of reductions over a reshaped
-  [B, H, W, G, C/G] tensor, which XLA:CPU runs about 10x slower (forward and backward).
+  Same values as hk.GroupNorm (to float32 rounding), computed faster on XLA:CPU:
+    * per-group statistics come from per-channel spatial means and a [C, G] membership
+      matmul, not reductions over a reshaped [B, H, W, G, C/G] tensor (about 10x slower);
+    * one pass: var = E[x^2] - E[x]^2 (clipped at 0), as flax's norms do by default
+      (`use_fast_variance`), and the output is one fused x * a + b with a, b [B, C].
+      This took the small torso's train step (batch 32, 2 cores) from 38 to 27 ms.
   """
 
   def __init__(self, channels, num_groups, scale_init=jnp.ones, eps=1e-5, name=None):
@@ -150,36 +152,41 @@ class GroupNorm(hk.Module):
     def group_mean(per_channel):  # [B, C] -> the mean of each channel's group, [B, C]
       return (per_channel @ members / group_size) @ members.T
 
-    mean = group_mean(jnp.mean(x, axis=(1, 2)))[:, None, None, :]
-    centered = x - mean
-    var = group_mean(jnp.mean(jnp.square(centered), axis=(1, 2)))[:, None, None, :]
+    mean = group_mean(jnp.mean(x, axis=(1, 2)))  # [B, C]
+    mean_square = group_mean(jnp.mean(jnp.square(x), axis=(1, 2)))
+    var = jnp.maximum(mean_square - jnp.square(mean), 0.0)
     scale = hk.get_parameter("scale", (channels,), x.dtype, init=self._scale_init)
     offset = hk.get_parameter("offset", (channels,), x.dtype, init=jnp.zeros)
-    return centered * (jax.lax.rsqrt(var + self._eps) * scale) + offset
+    mul = jax.lax.rsqrt(var + self._eps) * scale  # [B, C]
+    return x * mul[:, None, None, :] + (offset - mean * mul)[:, None, None, :]
+
+
+def _max_pool_3_stride2_1d(x, axis):
+  """Max over windows of 3 with stride 2 along one axis, SAME padding (-inf)."""
+  size = x.shape[axis]
+  out_size = -(-size // 2)
+  pad = max(2 * out_size + 1 - size, 0)
+  pads = [(0, 0)] * x.ndim
+  pads[axis] = (pad // 2, pad - pad // 2)
+  x = jnp.pad(x, pads, constant_values=-jnp.inf)
+
+  def window(offset):  # x[..., offset::2, ...], out_size long.
+    start, limit, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
+    start[axis], limit[axis], strides[axis] = offset, offset + 2 * out_size - 1, 2
+    return jax.lax.slice(x, start, limit, strides)
+
+  return jnp.maximum(jnp.maximum(window(0), window(1)), window(2))
 
 
 def max_pool_3x3_stride2(x):
-  """3x3 max pooling, stride 2, SAME padding, as the max of 9 strided slices.
+  """3x3 max pooling, stride 2, SAME padding, over [B, H, W, C] as two separable 1-D pools.
 
-  Same values as hk.max_pool; its gradient is elementwise selects instead of XLA's
-  SelectAndScatter, which is 5-7x slower on CPU.
+  Same values as hk.max_pool. Its gradient is elementwise selects instead of XLA's
+  SelectAndScatter (5-7x slower on CPU), and the separable form needs 4 maxima instead
+  of 8: the backward pass is about 2x cheaper than that of the max of 9 strided slices
+  (the small torso's train step: 43 -> 38 ms).
   """
-  batch_size, height, width, channels = x.shape
-  out_h, out_w = -(-height // 2), -(-width // 2)
-  pad_h, pad_w = max(2 * out_h + 1 - height, 0), max(2 * out_w + 1 - width, 0)
-  pads = ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
-  x = jnp.pad(x, pads, constant_values=-jnp.inf)
-  windows = [
-    jax.lax.slice(
-      x,
-      (0, dy, dx, 0),
-      (batch_size, dy + 2 * out_h - 1, dx + 2 * out_w - 1, channels),
-      (1, 2, 2, 1),
-    )
-    for dy in range(3)
-    for dx in range(3)
-  ]
-  return functools.reduce(jnp.maximum, windows)
+  return _max_pool_3_stride2_1d(_max_pool_3_stride2_1d(x, 1), 2)
 
 
 class _Block(hk.Module):

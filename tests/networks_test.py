@@ -139,10 +139,12 @@ def test_param_counts_match_the_paper_within_10_percent(model):
   assert abs(counts["total_allocated"] / PAPER_SIZES[model] - 1) < 0.10, counts
 
 
-def test_group_norm_and_max_pool_match_haiku():
+@pytest.mark.parametrize("offset", [1.0, 30.0])  # 30: the one-pass variance's cancellation.
+def test_group_norm_matches_haiku(offset):
   import haiku as hk
 
-  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 11, 9, 64)) * 3 + 1, jnp.float32)
+  x = np.random.default_rng(3).normal(size=(2, 11, 9, 64)) * 3 + offset
+  x = jnp.asarray(x, jnp.float32)
 
   def both(x):
     ours = networks.GroupNorm(64, 32, name="ours")(x)
@@ -150,9 +152,23 @@ def test_group_norm_and_max_pool_match_haiku():
     return ours, reference
 
   ours, reference = _apply_init(both, x)
-  np.testing.assert_allclose(ours, reference, atol=1e-5)
-  pooled = hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
-  np.testing.assert_array_equal(networks.max_pool_3x3_stride2(x), pooled)
+  np.testing.assert_allclose(ours, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 11, 9, 8), (2, 42, 42, 4)])
+def test_max_pool_matches_haiku_values_and_gradients(shape):
+  import haiku as hk
+
+  x = jnp.asarray(np.random.default_rng(4).normal(size=shape), jnp.float32)
+
+  def reference(x):
+    return hk.max_pool(x, window_shape=(1, 3, 3, 1), strides=(1, 2, 2, 1), padding="SAME")
+
+  pooled, ours_vjp = jax.vjp(networks.max_pool_3x3_stride2, x)
+  expected, reference_vjp = jax.vjp(reference, x)
+  np.testing.assert_array_equal(pooled, expected)
+  cotangent = jnp.asarray(np.random.default_rng(5).normal(size=pooled.shape), jnp.float32)
+  np.testing.assert_allclose(ours_vjp(cotangent)[0], reference_vjp(cotangent)[0], atol=1e-6)
 
 
 def _apply_init(fn, x):
