@@ -2,7 +2,8 @@ r"""Converts DQN Replay checkpoints (or a local TFDS RLU copy) into the random-a
 
 Streaming (an observation file is never held in memory: blocks of 16k rows are decompressed and
 written in place) and resumable (each suffix is written to `NN.partial/` and renamed to `NN/` when
-complete, so a killed conversion redoes at most one suffix per game-run; finished ones are skipped).
+complete, so a killed conversion redoes at most one suffix per game-run; finished ones are skipped
+unless their source files have changed since, which are converted again).
 
   python -m data_prep.convert --replay_dir=/data/dqn --shard_dir=/data/shards \
       --games=Breakout,Pong --runs=1 --suffixes=first20
@@ -103,12 +104,27 @@ def _check_padding(path: str, info: dqn_replay.SuffixInfo, order: np.ndarray) ->
       )
 
 
+def source_stamp(src_dir: str, suffix: int) -> dict[str, list[int]]:
+  """[size, mtime_ns] of each file of a DQN Replay suffix, kept in the converted suffix's meta.
+
+  A suffix whose files have changed since (e.g. the collector, resuming, marked the episode
+  that the end of checkpoint k-1 cut as terminal) no longer matches its stamp and is converted
+  again.
+  """
+  stamp = {}
+  for name in dqn_replay.REQUIRED_FILES:
+    info = os.stat(dqn_replay.filename(src_dir, name, suffix))
+    stamp[name] = [info.st_size, info.st_mtime_ns]
+  return stamp
+
+
 def convert_dqn_suffix(src_dir: str, suffix: int, out_dir: str, compress: bool = False) -> int:
   """Converts one DQN Replay suffix; returns the number of rows written.
 
   Keeps the rows that are new since suffix k-1 when k-1's add_count is available (the partial last
   file holds old rows past `add_count % C`), all rows otherwise.
   """
+  stamp = source_stamp(src_dir, suffix)  # Before reading: a later change is then noticed.
   info = dqn_replay.read_suffix_info(src_dir, suffix)
   capacity = info.capacity
   start, num_rows = dqn_replay.time_order(capacity, info.add_count)
@@ -150,6 +166,7 @@ def convert_dqn_suffix(src_dir: str, suffix: int, out_dir: str, compress: bool =
       capacity=capacity,
       contiguous_with_previous=contiguous,
       source=src_dir,
+      source_stamp=stamp,
     ),
   )
   return new_rows
@@ -206,9 +223,16 @@ def convert(
         raise dqn_replay.DataError(f"{src}: suffixes {missing} missing (present: {available})")
       for suffix in selected:
         out_dir = shards.suffix_dir(shard_dir, game, run, suffix)
-        if os.path.exists(os.path.join(out_dir, "meta.json")):
-          counts["skipped_done"] += 1
-          continue
+        meta = shards.read_meta(out_dir)
+        if meta is not None:
+          stamp = meta.get("source_stamp")  # None: converted without one (or from TFDS).
+          if stamp is None or stamp == source_stamp(src, suffix):
+            counts["skipped_done"] += 1
+            continue
+          logging.warning(
+            "%s suffix %d changed since it was converted: converting again", src, suffix
+          )
+          shutil.rmtree(out_dir)
         os.makedirs(os.path.dirname(out_dir), exist_ok=True)
         try:
           if source == "tfds":

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The embedded default, end to end on this machine's CPU:
-#   collect real ALE data in the DQN Replay format -> convert -> pretrain Scaled QL (and the
-#   BC baseline on the same data) -> evaluate every game -> a per-game table.
+#   collect real ALE data in the DQN Replay format with a schedule of behaviour quality
+#   (uniform-random play, then a behaviour agent trained on it, at falling epsilon) -> convert
+#   -> pretrain Scaled QL (and the BC baseline on the same data) -> evaluate every game -> a
+#   per-game table. About 35 minutes on 2 cores.
 # Every stage resumes: run it again after an interruption and it continues.
 # WORKDIR (default workdirs/local) holds the data, the runs and the results.
 set -euo pipefail
@@ -13,28 +15,41 @@ WORKDIR=${WORKDIR:-workdirs/local}
 # The games are local.gin's own `train.game_names`.
 GAMES=$($PY -c "import gin; from scaled_ql import config; config.parse_gin(['local.gin'], []); \
 print(','.join(gin.query_parameter('train.game_names')))")
+SHARDS="data.ReplayDataset.shard_dir = '$WORKDIR/shards'"
 
-echo "== 1/4 collecting DQN-Replay-format data from real ALE games: ${GAMES}"
-$PY -m data_prep.collect --output_dir="$WORKDIR/replay" --games="$GAMES" --runs=1 \
-  --num_checkpoints=1 --checkpoint_size=50000 --policy=random --num_envs=8
+collect() {  # collect NUM_CHECKPOINTS [flags...]: checkpoints of 50k rows per game, resumable.
+  local num_checkpoints=$1
+  shift
+  $PY -m data_prep.collect --output_dir="$WORKDIR/replay" --games="$GAMES" --runs=1 \
+    --checkpoint_size=50000 --num_envs=8 --num_checkpoints="$num_checkpoints" "$@"
+  $PY -m data_prep.convert --replay_dir="$WORKDIR/replay" --shard_dir="$WORKDIR/shards" \
+    --games="$GAMES" --runs=1
+}
 
-echo "== 2/4 converting to the random-access shard format"
-$PY -m data_prep.convert --replay_dir="$WORKDIR/replay" --shard_dir="$WORKDIR/shards" \
-  --games="$GAMES" --runs=1
+echo "== 1/5 collecting checkpoint 0: uniform-random play in real ALE games: ${GAMES}"
+collect 1 --policy=random
+
+echo "== 2/5 training the behaviour agent on checkpoint 0 (tiny network, C51 + CQL)"
+$PY -m scaled_ql.pretrain --workdir="$WORKDIR/behaviour" --gin_file=local_behaviour.gin \
+  --gin_bindings="$SHARDS"
+
+echo "== 3/5 collecting checkpoints 1-2: the behaviour agent, epsilon-greedy, epsilon 0.55 then 0.1"
+collect 3 --policy=schedule --policy_workdir="$WORKDIR/behaviour" --epsilon_start=1.0 \
+  --epsilon_end=0.1
 
 for method in scaled_ql bc; do
-  echo "== 3/4 pretraining: ${method}"
+  echo "== 4/5 pretraining on all three checkpoints: ${method}"
   gin_file=local.gin
   [ "$method" = bc ] && gin_file=local_bc.gin
   $PY -m scaled_ql.pretrain --workdir="$WORKDIR/$method" --gin_file="$gin_file" \
-    --gin_bindings="data.ReplayDataset.shard_dir = '$WORKDIR/shards'"
+    --gin_bindings="$SHARDS"
 done
 
-echo "== 4/4 results (evaluation: DQN Replay protocol, sticky actions, epsilon 0.001)"
+echo "== 5/5 results (evaluation: DQN Replay protocol, sticky actions, epsilon 0.001)"
 $PY -m scaled_ql.report --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" --output="$WORKDIR/report" \
   --task_bootstrap --verbosity=-1 >/dev/null
 $PY -m scaled_ql.compare --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" --data_dir="$WORKDIR/replay" \
   --output="$WORKDIR/report/local_results.md"
 echo
-echo "Checkpoints: $WORKDIR/{scaled_ql,bc}/checkpoints   Logs: $WORKDIR/*/metrics.jsonl"
+echo "Checkpoints: $WORKDIR/{scaled_ql,bc,behaviour}/checkpoints   Logs: $WORKDIR/*/metrics.jsonl"
 echo "TensorBoard: .venv/bin/tensorboard --logdir $WORKDIR   Report: $WORKDIR/report"

@@ -44,6 +44,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+      item_handlers=ocp.PyTreeCheckpointHandler(),  # Lets item_metadata read saved shapes.
     )
 
   def latest_step(self) -> int | None:
@@ -94,8 +95,7 @@ class Checkpointer:
     )
 
   def _check_compatible(self, abstract_state, step: int, partial: bool) -> None:
-    step_dir = os.path.join(self.directory, str(step), "default")
-    stored = _flatten_shapes(ocp.PyTreeCheckpointer().metadata(step_dir).item_metadata.tree)
+    stored = _flatten_shapes(self._manager.item_metadata(step).tree)
     wanted = _flatten_shapes(_as_dict(abstract_state))
     wanted_roots = {path.split("/")[0] for path in wanted}
     if partial:

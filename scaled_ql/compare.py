@@ -4,9 +4,10 @@ r"""Per-game comparison of trained runs with the data they learned from.
       --data_dir=workdirs/local/replay
 
 Prints (and with --output writes as Markdown) one row per game: the behaviour policy's
-average score in the data, then each run's latest evaluation (mean ± sd over episodes, and
-human-normalised), followed by plain statements of who beat whom. It states what the runs
-measured, including when offline RL has not overtaken BC or the data.
+average score in the data (and, when the data has several checkpoints of a schedule of
+behaviour quality, the best checkpoint's average), then each run's latest evaluation (mean
+± sd over episodes, and human-normalised), followed by plain statements of who beat whom.
+It states what the runs measured, including when offline RL has not overtaken BC or the data.
 """
 
 import itertools
@@ -52,16 +53,25 @@ def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn"
   names = [trainer.read_run_info(d)["method"] for d in run_dirs]
   results = [_latest_results(d, protocol) for d in run_dirs]
   game_names = sorted({g for r in results for g in r.games})
-  header = ["Game", "Data (behaviour)"]
+  by_suffix = (
+    {g: dqn_replay.read_episode_returns(data_dir, g) for g in game_names} if data_dir else {}
+  )
+  # With a schedule of behaviour quality (several checkpoints), also the best checkpoint's.
+  show_best = any(len(by_game) > 1 for by_game in by_suffix.values())
+  header = ["Game", "Data (behaviour)"] + (["Data, best checkpoint"] if show_best else [])
   for name, r in zip(names, results, strict=True):
     header += [f"{name} @ step {r.checkpoint_step}", f"{name} HNS"]
-  rows, data_means = [], {}
+  rows, data_means, best_means = [], {}, {}
   for game in game_names:
     row = [game]
-    if data_dir:
-      data_returns = dqn_replay.read_episode_returns(data_dir, game)
+    if game in by_suffix:
+      data_returns = np.concatenate(list(by_suffix[game].values()))
       data_means[game] = float(np.mean(data_returns))
       row.append(_cell(data_returns))
+      if show_best:
+        best = max(by_suffix[game], key=lambda k: np.mean(by_suffix[game][k]))
+        best_means[game] = float(np.mean(by_suffix[game][best]))
+        row.append(f"{_cell(by_suffix[game][best])} [ckpt {best}]")
     else:
       row.append("—")
     for r in results:
@@ -74,12 +84,16 @@ def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn"
   lines.append("")
   means = [{g: float(np.mean(x.returns)) for g, x in r.games.items()} for r in results]
   for name, mean in zip(names, means, strict=True):
-    if data_means:
-      above = [g for g in game_names if g in mean and mean[g] > data_means[g]]
-      lines.append(
-        f"- {name} scored above the data's average on {len(above)} of "
-        f"{len(game_names)} games{': ' + ', '.join(above) if above else ''}."
-      )
+    for what, reference in (
+      ("the data's average", data_means),
+      ("the data's best checkpoint", best_means),
+    ):
+      if reference:
+        above = [g for g in game_names if g in mean and mean[g] > reference[g]]
+        lines.append(
+          f"- {name} scored above {what} on {len(above)} of "
+          f"{len(game_names)} games{': ' + ', '.join(above) if above else ''}."
+        )
   for i, j in itertools.combinations(range(len(names)), 2):
     wins = [g for g in game_names if g in means[i] and g in means[j] and means[i][g] > means[j][g]]
     lines.append(

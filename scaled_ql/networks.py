@@ -46,13 +46,13 @@ _TORSOS = {
   "resnet34": ("basic", (3, 4, 6, 3), (64, 128, 256, 512), 16, 256),
   "resnet50": ("bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), 32, 384),
   "resnet101": ("bottleneck", (3, 4, 23, 3), (64, 128, 256, 512), 32, 384),
-  # A CPU-sized ResNet for the embedded default and tests: one basic block per stage.
+  # A CPU-sized ResNet (the embedded default's network, tests): one basic block per stage.
   "small": ("basic", (1, 1, 1, 1), (16, 32, 64, 64), 8, 128),
   # Mnih et al. (2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1 (widths are the conv widths).
   "nature_cnn": ("nature", (), (32, 64, 64), 8, 256),
-  # The embedded default's CPU network: 2x2 average pooling to 42x42, then convs 16 4x4/2,
+  # The embedded default's behaviour agent: 2x2 average pooling to 42x42, then convs 16 4x4/2,
   # 32 4x4/2, 32 3x3/1. About 4x cheaper than the Nature CNN; measured to learn on uniform-
-  # random Assault data within the default's ~10 minute budget on 2 cores.
+  # random Assault data in about 4 minutes on 2 cores.
   "tiny": ("pooled_nature", (), (16, 32, 32), 8, 256),
 }
 

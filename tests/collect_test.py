@@ -7,7 +7,7 @@ import pytest
 
 from data_prep import collect, convert
 from scaled_ql import atari, games
-from scaled_ql.data import ReplayDataset, dqn_replay
+from scaled_ql.data import ReplayDataset, dqn_replay, shards
 
 CAPACITY, LIMIT = 500, 60
 
@@ -99,6 +99,10 @@ def test_files_are_time_contiguous_and_partial_last(collected):
 def test_resume_after_interruption(tmp_path):
   replay_dir = dqn_replay.replay_dir(str(tmp_path), "Breakout", 1)
   _collect(replay_dir, num_checkpoints=1, partial_rows=0)  # "killed" after suffix 0
+  shard_dir = str(tmp_path / "shards")
+  assert convert.convert(str(tmp_path), shard_dir, ["Breakout"], [1], "all")["converted"] == 1
+  _, _, _, terminal0, _ = _time_ordered(replay_dir, 0)
+  assert not terminal0[-1]  # checkpoint 0 ends in the middle of an episode
   open(dqn_replay.filename(replay_dir, "$store$_action", 1) + ".tmp-123", "w").write("half")
   _collect(replay_dir, num_checkpoints=2, partial_rows=0)
   assert not [n for n in os.listdir(replay_dir) if ".tmp-" in n]
@@ -109,6 +113,14 @@ def test_resume_after_interruption(tmp_path):
   assert not obs1[:3].any()  # the resumed stream starts with a new episode's padding
   assert add_count1 == 2 * CAPACITY
   _collect(replay_dir, num_checkpoints=2, partial_rows=0)  # complete: nothing to do
+  # Suffix 0 changed after its conversion (its last row closed): converted again, not skipped.
+  counts = convert.convert(str(tmp_path), shard_dir, ["Breakout"], [1], "all")
+  assert counts == {"converted": 2, "skipped_done": 0, "skipped_bad": 0}
+  shard_terminal = np.fromfile(
+    os.path.join(shards.suffix_dir(shard_dir, "Breakout", 1, 0), "terminal.u8"), np.uint8
+  )
+  np.testing.assert_array_equal(shard_terminal, terminal0)
+  assert convert.convert(str(tmp_path), shard_dir, ["Breakout"], [1], "all")["skipped_done"] == 2
 
 
 def test_collect_convert_sample_round_trip(collected, tmp_path):

@@ -158,6 +158,9 @@ def test_compare_against_the_data(runs, shard_dir, tmp_path):
   breakout = next(line for line in out.stdout.splitlines() if line.startswith("| Breakout |"))
   data_cell = breakout.split("|")[2]
   assert float(data_cell.split("±")[0]) >= 0.0 and int(data_cell.split("(")[1].rstrip(") ")) > 0
+  # Two data checkpoints: the best checkpoint's average too, and the verdicts against it.
+  assert re.search(r"\[ckpt [01]\]", breakout.split("|")[3]), breakout
+  assert "scored above the data's best checkpoint on" in out.stdout
   # Two bit-identical runs: neither scores above the other on any game.
   assert "scaled_ql scored above scaled_ql on 0 of 2 games." in out.stdout
   assert (tmp_path / "table.md").read_text().strip() == out.stdout.strip()

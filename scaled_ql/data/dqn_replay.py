@@ -16,6 +16,7 @@ never unpickled (`allow_pickle=False` everywhere); the optional `episode_end_ind
 ignored. Observation files (7 GB uncompressed) are streamed, never loaded whole.
 """
 
+import collections
 import csv
 import glob
 import gzip
@@ -326,8 +327,12 @@ class SuffixStreamWriter:
 EPISODES_FILE = "episodes.csv"
 
 
-def read_episode_returns(root: str, game: str) -> np.ndarray:
-  """Unclipped scores float [E] of the episodes our collector logged for `game`, all runs.
+def read_episode_returns(root: str, game: str) -> dict[int, np.ndarray]:
+  """Unclipped scores of the episodes our collector logged for `game` (all runs), by suffix.
+
+  Returns:
+    {checkpoint suffix: float [E_k]}: the episodes that ended in that checkpoint's rows, so
+    a schedule of behaviour quality shows as one mean per checkpoint.
 
   Raises:
     DataError: no run of `game` under `root` has an episodes log (real DQN Replay data has
@@ -339,8 +344,9 @@ def read_episode_returns(root: str, game: str) -> np.ndarray:
       f"no {EPISODES_FILE} under {os.path.join(root, game)}: only data made by "
       "`python -m data_prep.collect` logs episode scores"
     )
-  returns = []
+  returns = collections.defaultdict(list)
   for path in paths:
     with open(path) as f:
-      returns += [float(row["return"]) for row in csv.DictReader(f)]
-  return np.asarray(returns)
+      for row in csv.DictReader(f):
+        returns[int(row["suffix"])].append(float(row["return"]))
+  return {suffix: np.asarray(returns[suffix]) for suffix in sorted(returns)}
