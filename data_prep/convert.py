@@ -113,8 +113,10 @@ def source_stamp(src_dir: str, suffix: int) -> dict[str, list[int]]:
   """
   stamp = {}
   for name in dqn_replay.REQUIRED_FILES:
-    info = os.stat(dqn_replay.filename(src_dir, name, suffix))
-    stamp[name] = [info.st_size, info.st_mtime_ns]
+    path = dqn_replay.filename(src_dir, name, suffix)
+    if os.path.exists(path):  # A missing file is reported by the reader, with what to do.
+      info = os.stat(path)
+      stamp[name] = [info.st_size, info.st_mtime_ns]
   return stamp
 
 
