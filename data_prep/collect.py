@@ -296,9 +296,15 @@ def main(argv):
       f"--policy={FLAGS.policy} needs --policy_workdir (a training run); without a policy "
       "the only honest behaviour is --policy=random"
     )
+  num_suffixes = FLAGS.num_checkpoints + (1 if FLAGS.partial_last_rows else 0)
   for game in game_list:
+    complete = all(  # Then collect_run has nothing to do: no need to load a policy.
+      set(range(num_suffixes))
+      <= set(dqn_replay.list_suffixes(dqn_replay.replay_dir(FLAGS.output_dir, game, run)))
+      for run in runs
+    )
     greedy = None
-    if FLAGS.policy != "random":
+    if FLAGS.policy != "random" and not complete:
       greedy = load_greedy_policy(FLAGS.policy_workdir, game)
     for run in runs:
       collect_run(

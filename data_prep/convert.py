@@ -25,6 +25,7 @@ Convert a partial last suffix (50) with its predecessor's files present in --rep
 add_count tells which of its rows are new; without it all rows are kept (duplicating suffix 49's).
 """
 
+import hashlib
 import os
 import shutil
 from collections.abc import Iterable
@@ -86,7 +87,12 @@ class _SuffixWriter:
       shards.compress_observations(self.tmp_dir)
       meta = dict(meta, compressed=True, block_rows=shards.BLOCK_ROWS)
     shards.write_meta(self.tmp_dir, dict(meta, num_rows=self.num_rows))
+    stale = self.final_dir + ".stale"  # A suffix converted again replaces its old copy.
+    shutil.rmtree(stale, ignore_errors=True)
+    if os.path.exists(self.final_dir):
+      os.rename(self.final_dir, stale)
     os.rename(self.tmp_dir, self.final_dir)
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def _check_padding(path: str, info: dqn_replay.SuffixInfo, order: np.ndarray) -> None:
@@ -104,19 +110,23 @@ def _check_padding(path: str, info: dqn_replay.SuffixInfo, order: np.ndarray) ->
       )
 
 
-def source_stamp(src_dir: str, suffix: int) -> dict[str, list[int]]:
-  """[size, mtime_ns] of each file of a DQN Replay suffix, kept in the converted suffix's meta.
+def source_stamp(src_dir: str, suffix: int) -> dict[str, list]:
+  """Each file of a DQN Replay suffix: [size] for observations, [size, sha256] for the rest.
 
-  A suffix whose files have changed since (e.g. the collector, resuming, marked the episode
-  that the end of checkpoint k-1 cut as terminal) no longer matches its stamp and is converted
-  again.
+  Kept in the converted suffix's meta: a suffix whose files have changed since (e.g. the
+  collector, resuming, marked the episode that the end of checkpoint k-1 cut as terminal)
+  no longer matches its stamp and is converted again. The small files are hashed (a copy or
+  a touch that keeps the content keeps the stamp); the 7 GB observation file only sized.
   """
   stamp = {}
   for name in dqn_replay.REQUIRED_FILES:
     path = dqn_replay.filename(src_dir, name, suffix)
-    if os.path.exists(path):  # A missing file is reported by the reader, with what to do.
-      info = os.stat(path)
-      stamp[name] = [info.st_size, info.st_mtime_ns]
+    if not os.path.exists(path):  # A missing file is reported by the reader, with what to do.
+      continue
+    stamp[name] = [os.path.getsize(path)]
+    if not name.endswith("observation"):
+      with open(path, "rb") as f:
+        stamp[name].append(hashlib.sha256(f.read()).hexdigest())
   return stamp
 
 
@@ -234,7 +244,6 @@ def convert(
           logging.warning(
             "%s suffix %d changed since it was converted: converting again", src, suffix
           )
-          shutil.rmtree(out_dir)
         os.makedirs(os.path.dirname(out_dir), exist_ok=True)
         try:
           if source == "tfds":

@@ -12,6 +12,11 @@ bash launch/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 PY=.venv/bin/python
 WORKDIR=${WORKDIR:-workdirs/local}
+if [ -e "$WORKDIR/scaled_ql" ] && [ ! -e "$WORKDIR/behaviour" ]; then
+  echo "error: $WORKDIR was made by an earlier local.sh (uniform-random data only, no behaviour" \
+    "agent); remove it or run with WORKDIR=<a new directory>" >&2
+  exit 2
+fi
 # The games are local.gin's own `train.game_names`.
 GAMES=$($PY -c "import gin; from scaled_ql import config; config.parse_gin(['local.gin'], []); \
 print(','.join(gin.query_parameter('train.game_names')))")

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from scaled_ql import config, evaluate, games, trainer
 from scaled_ql.data import dqn_replay
@@ -53,9 +53,13 @@ def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn"
   names = [trainer.read_run_info(d)["method"] for d in run_dirs]
   results = [_latest_results(d, protocol) for d in run_dirs]
   game_names = sorted({g for r in results for g in r.games})
-  by_suffix = (
-    {g: dqn_replay.read_episode_returns(data_dir, g) for g in game_names} if data_dir else {}
-  )
+  by_suffix = {}  # game -> {suffix: episode scores}, for the games whose data logged episodes
+  for game in game_names if data_dir else ():
+    try:
+      by_suffix[game] = dqn_replay.read_episode_returns(data_dir, game)
+    except dqn_replay.DataError as e:
+      logging.warning("no data column for %s: %s", game, e)
+  by_suffix = {game: by_game for game, by_game in by_suffix.items() if by_game}
   # With a schedule of behaviour quality (several checkpoints), also the best checkpoint's.
   show_best = any(len(by_game) > 1 for by_game in by_suffix.values())
   header = ["Game", "Data (behaviour)"] + (["Data, best checkpoint"] if show_best else [])
@@ -73,7 +77,7 @@ def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn"
         best_means[game] = float(np.mean(by_suffix[game][best]))
         row.append(f"{_cell(by_suffix[game][best])} [ckpt {best}]")
     else:
-      row.append("—")
+      row += ["—"] * (len(header) - 1 - 2 * len(results))
     for r in results:
       returns = r.games[game].returns if game in r.games else None
       row += [_cell(returns), _hns(game, np.mean(returns))] if returns else ["—", "—"]
@@ -89,10 +93,10 @@ def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn"
       ("the data's best checkpoint", best_means),
     ):
       if reference:
-        above = [g for g in game_names if g in mean and mean[g] > reference[g]]
+        above = [g for g in reference if g in mean and mean[g] > reference[g]]
         lines.append(
           f"- {name} scored above {what} on {len(above)} of "
-          f"{len(game_names)} games{': ' + ', '.join(above) if above else ''}."
+          f"{len(reference)} games{': ' + ', '.join(above) if above else ''}."
         )
   for i, j in itertools.combinations(range(len(names)), 2):
     wins = [g for g in game_names if g in means[i] and g in means[j] and means[i][g] > means[j][g]]

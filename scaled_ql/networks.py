@@ -130,10 +130,14 @@ class GroupNorm(hk.Module):
   """GroupNorm (Wu & He 2018) for [B, H, W, C], statistics via per-channel means.
 
   Same values as hk.GroupNorm (to float32 rounding), computed faster on XLA:CPU:
-    * per-group statistics come from per-channel spatial means and a [C, G] membership
-      matmul, not reductions over a reshaped [B, H, W, G, C/G] tensor (about 10x slower);
-    * one pass: var = E[x^2] - E[x]^2 (clipped at 0), as flax's norms do by default
-      (`use_fast_variance`), and the output is one fused x * a + b with a, b [B, C].
+    * per-group statistics come from per-channel spatial means [B, C], grouped as
+      [B, G, C/G], not from reductions over a reshaped [B, H, W, G, C/G] tensor (about
+      10x slower);
+    * one pass: var = E[y^2] - E[y]^2 (clipped at 0) with y = x - k, k a per-group shift
+      (the group's mean at pixel (0, 0), held constant), so that a large mean next to a
+      small spread does not cancel (flax's `use_fast_variance` is the unshifted form); the
+      output is one fused x * a + b with a, b [B, C] (at mean/sd = 1000 it differs from
+      (x - mean) * a by ~4e-4, a few float32 ulps of x * a; (x - mean) * a costs 40% more).
       This took the small torso's train step (batch 32, 2 cores) from 38 to 27 ms.
   """
 
@@ -145,19 +149,22 @@ class GroupNorm(hk.Module):
     self._channels, self._scale_init, self._eps = channels, scale_init, eps
 
   def __call__(self, x):
-    channels, group_size = self._channels, self._channels // self._num_groups
-    members = np.arange(channels)[:, None] // group_size == np.arange(self._num_groups)[None, :]
-    members = jnp.asarray(members, x.dtype)  # [C, G]
+    batch_size, channels, groups = x.shape[0], self._channels, self._num_groups
 
     def group_mean(per_channel):  # [B, C] -> the mean of each channel's group, [B, C]
-      return (per_channel @ members / group_size) @ members.T
+      grouped = jnp.mean(per_channel.reshape(batch_size, groups, channels // groups), axis=-1)
+      return jnp.repeat(grouped, channels // groups, axis=-1)
 
-    mean = group_mean(jnp.mean(x, axis=(1, 2)))  # [B, C]
-    mean_square = group_mean(jnp.mean(jnp.square(x), axis=(1, 2)))
-    var = jnp.maximum(mean_square - jnp.square(mean), 0.0)
+    shift = jax.lax.stop_gradient(group_mean(x[:, 0, 0, :]))[:, None, None, :]  # [B, 1, 1, C]
+    shifted = x - shift
+    shifted_mean = group_mean(jnp.mean(shifted, axis=(1, 2)))  # [B, C]
+    var = jnp.maximum(
+      group_mean(jnp.mean(jnp.square(shifted), axis=(1, 2))) - jnp.square(shifted_mean), 0.0
+    )
     scale = hk.get_parameter("scale", (channels,), x.dtype, init=self._scale_init)
     offset = hk.get_parameter("offset", (channels,), x.dtype, init=jnp.zeros)
     mul = jax.lax.rsqrt(var + self._eps) * scale  # [B, C]
+    mean = shifted_mean + shift[:, 0, 0, :]
     return x * mul[:, None, None, :] + (offset - mean * mul)[:, None, None, :]
 
 

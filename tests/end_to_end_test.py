@@ -6,6 +6,7 @@ Every stage runs as its user would run it: `python -m ...` in a subprocess.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -166,24 +167,45 @@ def test_compare_against_the_data(runs, shard_dir, tmp_path):
   assert (tmp_path / "table.md").read_text().strip() == out.stdout.strip()
 
 
+def test_compare_without_logged_episodes_for_a_game(runs, shard_dir, tmp_path):
+  from scaled_ql import compare
+
+  replay = os.path.join(os.path.dirname(shard_dir), "replay")
+  os.makedirs(tmp_path / "Breakout" / "1")
+  shutil.copy(os.path.join(replay, "Breakout", "1", "episodes.csv"), tmp_path / "Breakout" / "1")
+  os.makedirs(tmp_path / "Pong" / "1")
+  (tmp_path / "Pong" / "1" / "episodes.csv").write_text("suffix,return,length,truncated\n")
+  table = compare.compare(list(runs), str(tmp_path), "custom")
+  header, _, breakout, pong = table.splitlines()[:4]
+  assert "Data, best checkpoint" in header and pong.startswith("| Pong | — | — |")
+  assert header.count("|") == breakout.count("|") == pong.count("|")
+  # Verdicts count the games that have data: Breakout only.
+  assert re.search(r"scored above the data's average on [01] of 1 games", table), table
+
+
 def test_collect_with_a_trained_policy(runs, tmp_path):
   resumed, _ = runs
   out = tmp_path / "replay"
-  run(
-    "data_prep.collect",
-    f"--output_dir={out}",
-    "--games=Pong",
-    "--num_checkpoints=2",
-    "--checkpoint_size=200",
-    "--policy=schedule",
-    f"--policy_workdir={resumed}",
-    "--epsilon_start=1.0",
-    "--epsilon_end=0.0",
-    "--num_envs=2",
-    "--max_episode_steps=100",
-  )
+
+  def collect(policy_workdir):
+    run(
+      "data_prep.collect",
+      f"--output_dir={out}",
+      "--games=Pong",
+      "--num_checkpoints=2",
+      "--checkpoint_size=200",
+      "--policy=schedule",
+      f"--policy_workdir={policy_workdir}",
+      "--epsilon_start=1.0",
+      "--epsilon_end=0.0",
+      "--num_envs=2",
+      "--max_episode_steps=100",
+    )
+
+  collect(resumed)
   logs = sorted(os.listdir(out / "Pong" / "1" / "replay_logs"))
   assert "$store$_action_ckpt.1.gz" in logs and "add_count_ckpt.1.gz" in logs
+  collect(tmp_path / "no_such_run")  # Complete: nothing to collect, so no policy is loaded.
 
 
 def run_failing(module: str, *args: str) -> str:

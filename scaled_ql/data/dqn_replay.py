@@ -331,8 +331,9 @@ def read_episode_returns(root: str, game: str) -> dict[int, np.ndarray]:
   """Unclipped scores of the episodes our collector logged for `game` (all runs), by suffix.
 
   Returns:
-    {checkpoint suffix: float [E_k]}: the episodes that ended in that checkpoint's rows, so
-    a schedule of behaviour quality shows as one mean per checkpoint.
+    {checkpoint suffix: float [E_k]}: the episodes whose first row is in that checkpoint
+    (each played at that checkpoint's behaviour), so a schedule of behaviour quality shows
+    as one mean per checkpoint. Empty when no logged episode has ended yet.
 
   Raises:
     DataError: no run of `game` under `root` has an episodes log (real DQN Replay data has
