@@ -1,13 +1,14 @@
 """Train-step efficiency: FLOP/s against a plain 3x3 conv roof, and loop vs step alone.
 
-For the small CPU model and ResNet-18 at batch 32 (one device):
+For the small CPU model and ResNet-18 at batch 32 (one device), both with the heads of
+LOOP_GAMES and built by `trainer.build_learner`, as the training loop builds them:
   * step FLOP/s = FLOPs from XLA's cost analysis of the compiled step / measured step time;
   * roof = FLOP/s of a plain 3x3 convolution of the model's own stage-0 shape
     ([B, 21, 21, C0] -> C0), measured in the same run the same way;
   * the real training loop's steps/s (`trainer.train` on real ALE data in the DQN Replay
     format through `data.ReplayDataset`: sampling, host-to-device, step, metric fetch every
     `log_every_steps`, progress bar), from its own metrics.jsonl, divided by steps/s of the
-    step alone on a batch already on the device.
+    same step alone on one real batch already on the device.
 Then the compile time and parameter count of the ResNet-101 step (not run).
 
     python benchmarks/train_step.py [--models=small,resnet18] [--batch_size=32]
@@ -29,6 +30,7 @@ from absl import app, flags
 
 from scaled_ql import (
   config,
+  data,
   games,
   losses,
   metrics,
@@ -42,7 +44,6 @@ from scaled_ql import (
 
 _MODELS = flags.DEFINE_list("models", ["small", "resnet18"], "Torsos to measure.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
-_NUM_GAMES = flags.DEFINE_integer("num_games", 4, "Games (heads) of the measured models.")
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Time budget per model (alternating windows).")
 _LOG_EVERY = flags.DEFINE_integer("log_every_steps", 10, "Metric fetch period in the loop.")
 _RESNET101 = flags.DEFINE_bool("resnet101", True, "Compile (not run) the ResNet-101 step.")
@@ -162,21 +163,23 @@ def _conv_window(batch_size: int, channels: int, calls: int, with_grads: bool = 
   return window, _flops(compiled) * calls
 
 
-def _build(torso: str, batch_size: int, num_games: int, mesh):
-  num_actions = [18 if g % 2 else 6 for g in range(num_games)]
-  network = networks.make_network(networks.NetworkConfig(torso=torso), num_actions)
-  optimizer = optimizers.make_optimizer()
-  loss_fn = losses.make_loss(losses.LossConfig(), network.apply, num_games)
-  batch = random_batch(batch_size, num_games, min(num_actions))
+def _build(torso: str, batch_size: int, shard_dir: str):
+  """The step `trainer.train` runs for LOOP_GAMES (its learner), and one real batch."""
+  learner = trainer.build_learner(
+    LOOP_GAMES, networks.NetworkConfig(torso=torso), losses.LossConfig()
+  )
+  dataset = data.ReplayDataset(shard_dir, LOOP_GAMES, runs=[1], local_batch_size=batch_size)
+  batch = dataset.batch(0)
+  network, optimizer, mesh = learner.network, learner.optimizer, learner.mesh
   state = train_step.init_train_state(jax.random.PRNGKey(0), network, optimizer, batch, mesh=mesh)
-  step_fn = train_step.make_train_step(network, loss_fn, optimizer, 2000, mesh=mesh)
+  step_fn = train_step.make_train_step(network, learner.loss_fn, optimizer, 2000, mesh=mesh)
   return state, step_fn, batch
 
 
 def measure(torso: str, mesh, shard_dir: str) -> float:
   """Prints the figures for one torso; returns step FLOP/s over conv-roof FLOP/s."""
   batch_size, log_every = _BATCH_SIZE.value, _LOG_EVERY.value
-  state, step_fn, host_batch = _build(torso, batch_size, _NUM_GAMES.value, mesh)
+  state, step_fn, host_batch = _build(torso, batch_size, shard_dir)
   device_batch = sharding.put_batch(host_batch, mesh)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, device_batch).compile()
