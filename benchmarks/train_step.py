@@ -169,7 +169,10 @@ def _build(torso: str, batch_size: int, shard_dir: str):
     LOOP_GAMES, networks.NetworkConfig(torso=torso), losses.LossConfig()
   )
   dataset = data.ReplayDataset(shard_dir, LOOP_GAMES, runs=[1], local_batch_size=batch_size)
-  batch = dataset.batch(0)
+  try:
+    batch = dataset.batch(0)
+  finally:
+    dataset.close()  # Its I/O threads and row pool must not share the measured cores.
   network, optimizer, mesh = learner.network, learner.optimizer, learner.mesh
   state = train_step.init_train_state(jax.random.PRNGKey(0), network, optimizer, batch, mesh=mesh)
   step_fn = train_step.make_train_step(network, learner.loss_fn, optimizer, 2000, mesh=mesh)

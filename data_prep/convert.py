@@ -111,12 +111,13 @@ def _check_padding(path: str, info: dqn_replay.SuffixInfo, order: np.ndarray) ->
 
 
 def source_stamp(src_dir: str, suffix: int) -> dict[str, list]:
-  """Each file of a DQN Replay suffix: [size] for observations, [size, sha256] for the rest.
+  """Each file of a DQN Replay suffix: its size, plus a sha256 for terminal and add_count.
 
-  Kept in the converted suffix's meta: a suffix whose files have changed since (e.g. the
-  collector, resuming, marked the episode that the end of checkpoint k-1 cut as terminal)
-  no longer matches its stamp and is converted again. The small files are hashed (a copy or
-  a touch that keeps the content keeps the stamp); the 7 GB observation file only sized.
+  Kept in the converted suffix's meta: a suffix whose files have changed since no longer
+  matches its stamp and is converted again. The collector, resuming, rewrites the terminal
+  file of checkpoint k-1 (closing the episode its end cut) without changing its size, so
+  that file is hashed (a few hundred KB; a copy or a touch keeps the stamp); the others are
+  only sized, so that skipping a converted suffix reads almost nothing.
   """
   stamp = {}
   for name in dqn_replay.REQUIRED_FILES:
@@ -124,7 +125,7 @@ def source_stamp(src_dir: str, suffix: int) -> dict[str, list]:
     if not os.path.exists(path):  # A missing file is reported by the reader, with what to do.
       continue
     stamp[name] = [os.path.getsize(path)]
-    if not name.endswith("observation"):
+    if name in (dqn_replay.STORE_PREFIX + "terminal", "add_count"):
       with open(path, "rb") as f:
         stamp[name].append(hashlib.sha256(f.read()).hexdigest())
   return stamp
