@@ -8,7 +8,11 @@ LOOP_GAMES and built by `trainer.build_learner`, as the training loop builds the
   * the real training loop's steps/s (`trainer.train` on real ALE data in the DQN Replay
     format through `data.ReplayDataset`: sampling, host-to-device, step, metric fetch every
     `log_every_steps`, progress bar), from its own metrics.jsonl, divided by steps/s of the
-    same step alone on one real batch already on the device.
+    same step alone on one real batch already on the device. Both are the median over
+    windows of `log_every_steps` steps of equally long continuous runs (the step alone runs
+    before and after the loop): the fastest of many short windows would compare the machine's
+    best moments with the loop's typical ones (on this machine the fastest 10-step window of
+    the small step is 1.25x its median).
 Then the compile time and parameter count of the ResNet-101 step (not run).
 
     python benchmarks/train_step.py [--models=small,resnet18] [--batch_size=32]
@@ -78,6 +82,16 @@ def _best_windows(fns: list[Callable[[], object]], seconds: float) -> list[float
   return best
 
 
+def _window_rates(window: Callable[[], object], steps_per_window: int, num_windows: int):
+  """steps/s of each of `num_windows` consecutive calls of `window`."""
+  rates = []
+  for _ in range(num_windows):
+    t0 = time.perf_counter()
+    window()
+    rates.append(steps_per_window / (time.perf_counter() - t0))
+  return np.array(rates)
+
+
 def random_batch(batch_size: int, num_games: int, num_actions: int, seed: int = 0) -> types.Batch:
   rng = np.random.default_rng(seed)
   obs = rng.integers(0, 256, (batch_size, 84, 84, 4), dtype=np.uint8)
@@ -115,8 +129,11 @@ def real_data() -> str:
   return shard_dir
 
 
-def loop_steps_per_s(torso: str, shard_dir: str) -> float:
-  """Steps/s of `trainer.train` itself on real data, from its metrics.jsonl (first window out)."""
+def loop_window_rates(torso: str, shard_dir: str) -> np.ndarray:
+  """Steps/s of each log window of `trainer.train` itself on real data, from its metrics.jsonl.
+
+  The first window, which holds the compilation, is left out.
+  """
   with tempfile.TemporaryDirectory() as workdir:
     config.parse_gin(
       ["base.gin"],
@@ -134,7 +151,7 @@ def loop_steps_per_s(torso: str, shard_dir: str) -> float:
     rates = [
       row["steps_per_s"] for row in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     ]
-  return float(np.median(rates[1:]))  # The first window holds the compilation.
+  return np.array(rates[1:])
 
 
 def _conv_window(batch_size: int, channels: int, calls: int, with_grads: bool = False):
@@ -201,10 +218,12 @@ def measure(torso: str, mesh, shard_dir: str) -> float:
   step_seconds, conv_seconds, grads_seconds = _best_windows(
     [step_window, conv_window, grads_window], _SECONDS.value
   )
-  loop_rate = loop_steps_per_s(torso, shard_dir)
-  # The step alone again, right after the loop, so that both see the same machine load.
-  (step_seconds_after,) = _best_windows([step_window], _SECONDS.value / 4)
-  step_alone = log_every / np.mean([step_seconds, step_seconds_after])
+  # The step alone as long as the loop, right before and right after it (same machine load).
+  num_windows = _LOOP_STEPS.value // log_every - 1
+  alone_before = _window_rates(step_window, log_every, num_windows)
+  loop_rates = loop_window_rates(torso, shard_dir)
+  alone = np.concatenate([alone_before, _window_rates(step_window, log_every, num_windows)])
+  loop_rate, step_alone = np.median(loop_rates), np.median(alone)
   step_rate, roof = step_flops * log_every / step_seconds, conv_flops / conv_seconds
   train_roof = grads_flops / grads_seconds
   print(
@@ -224,6 +243,10 @@ def measure(torso: str, mesh, shard_dir: str) -> float:
   print(
     f"[{torso}]   trainer.train on real data (sampler + step + log every {log_every}) "
     f"{loop_rate:.2f} steps/s; loop / step alone ({step_alone:.2f}) = {loop_rate / step_alone:.3f}"
+  )
+  print(
+    f"[{torso}]   (medians of {log_every}-step windows; fastest windows: loop "
+    f"{loop_rates.max():.2f}, step alone {alone.max():.2f}, ratio {loop_rates.max() / alone.max():.3f})"
   )
   return step_rate / roof
 
