@@ -35,7 +35,7 @@ def _latest_results(workdir: str, protocol: str) -> evaluate.EvalResults:
       f"{workdir} has no evaluation results under the {protocol} protocol: run `python -m "
       f"scaled_ql.evaluate --workdir={workdir}` first."
     )
-  return max(candidates, key=lambda r: -1 if r.checkpoint_step is None else r.checkpoint_step)
+  return evaluate.latest(candidates)
 
 
 def _cell(returns: Sequence[float]) -> str:

@@ -6,7 +6,8 @@
 The default is the DQN-Replay protocol (`atari.Protocol()`: sticky actions 0.25, 27,000-step cap,
 unclipped score) with epsilon 0.001; `--protocol=mgdt` is MGDT's (no sticky actions, JPEG round
 trip). Results go to `{workdir}/eval/{tag}/results.json` and `episodes.csv` with the protocol, ALE
-version, epsilon and checkpoint step recorded.
+version, epsilon and checkpoint step recorded; the tag names the checkpoint and the settings
+(`results_tag`), and evaluating more games of a checkpoint adds them to its results.
 
 Episodes are assigned to environments up front (environment i of a game plays a fixed number of
 episodes): counting the first N episodes to finish would favour short episodes, and the fixed
@@ -16,6 +17,7 @@ assignment also makes the result a function of the seed only.
 import csv
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import time
@@ -31,6 +33,7 @@ from scaled_ql import atari, games
 PolicyFn = Callable[[np.ndarray, np.ndarray], Any]  # (obs uint8[N,84,84,4], game_id int32[N]).
 RESULTS_FORMAT = "scaled_ql.eval_results/1"
 EVAL_SUBDIR = "eval"
+DEFAULT_EPSILON = 0.001
 
 
 @dataclasses.dataclass
@@ -55,10 +58,13 @@ class EvalResults:
   variant: int
   seed: int
   num_envs_per_game: int
-  agent_steps: int  # Environment steps taken, by all envs (also those past their quota).
-  wall_time_s: float  # Of the stepping loop, after building and resetting the environments.
+  # Environment steps taken by all envs (also those past their quota), and the stepping loop's
+  # time; in a results file that merged several evaluations (`write_results`), their totals.
+  agent_steps: int
+  wall_time_s: float
   ale_version: str = ale_py.__version__
   checkpoint_step: int | None = None
+  created: str = ""  # When it was written (UTC, ISO 8601): orders evaluations of one checkpoint.
 
   def mean_returns(self) -> dict[str, float]:
     return {game: float(np.mean(r.returns)) for game, r in self.games.items()}
@@ -88,7 +94,7 @@ def evaluate(
   game_ids: Sequence[int] | None = None,
   variant: int = 0,
   protocol: atari.Protocol | None = None,
-  epsilon: float = 0.001,
+  epsilon: float = DEFAULT_EPSILON,
   num_envs_per_game: int | None = None,
   seed: int = 0,
   log_every_s: float = 30.0,
@@ -250,15 +256,45 @@ def _rollout(
 # ---------------------------------------------------------------------------------------------
 
 
+def _settings(results: EvalResults) -> dict[str, Any]:
+  """What makes two evaluations of one checkpoint comparable game by game."""
+  return {
+    name: getattr(results, name)
+    for name in ("protocol", "epsilon", "variant", "seed", "num_envs_per_game", "ale_version")
+  }
+
+
 def results_tag(results: EvalResults) -> str:
-  """Directory name of one evaluation: checkpoint step, protocol and variant."""
+  """Directory name of one evaluation: checkpoint step, protocol, variant and seed.
+
+  A custom protocol or an epsilon other than 0.001 adds a fingerprint of those settings, so
+  that evaluations under different settings never share a directory (e.g. step caps of 50 and
+  60 steps are both "custom").
+  """
   step = "none" if results.checkpoint_step is None else f"{results.checkpoint_step:09d}"
-  variant = f"_v{results.variant}" if results.variant else ""
-  return f"step_{step}_{results.protocol_name}{variant}"
+  tag = f"step_{step}_{results.protocol_name}"
+  tag += f"_v{results.variant}" if results.variant else ""
+  tag += f"_seed{results.seed}" if results.seed else ""
+  if results.protocol_name == "custom" or results.epsilon != DEFAULT_EPSILON:
+    settings = json.dumps([results.protocol, results.epsilon], sort_keys=True)
+    tag += "_" + hashlib.sha256(settings.encode()).hexdigest()[:8]
+  return tag
+
+
+def latest(results: Sequence[EvalResults]) -> EvalResults:
+  """The evaluation of the latest checkpoint; of several of one checkpoint, the last written."""
+  return max(
+    results, key=lambda r: (-1 if r.checkpoint_step is None else r.checkpoint_step, r.created)
+  )
 
 
 def write_results(workdir: str, results: EvalResults, checkpoint_step: int | None = None) -> str:
   """Writes `{workdir}/eval/{tag}/results.json` and `episodes.csv`.
+
+  An evaluation of the same checkpoint under the same settings (`results_tag`) that is already
+  there is merged with this one game by game: evaluating a few games again, or more games,
+  replaces those games' results and keeps the others'. One under other settings with the same
+  tag (another num_envs_per_game or ALE version) is replaced, with a warning.
 
   Args:
     workdir: the run directory.
@@ -272,9 +308,22 @@ def write_results(workdir: str, results: EvalResults, checkpoint_step: int | Non
     results.checkpoint_step = int(checkpoint_step)
   out_dir = os.path.join(workdir, EVAL_SUBDIR, results_tag(results))
   os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, "results.json")
+  if os.path.exists(path):
+    previous = read_results(path)
+    if _settings(previous) == _settings(results):
+      results = dataclasses.replace(
+        results,
+        games={**previous.games, **results.games},
+        agent_steps=previous.agent_steps + results.agent_steps,
+        wall_time_s=previous.wall_time_s + results.wall_time_s,
+      )
+    else:
+      logging.warning("Replacing %s: it was evaluated with other settings %s.", path,
+                      _settings(previous))  # fmt: skip
+  results.created = datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
   record = dataclasses.asdict(results)
   record["format"] = RESULTS_FORMAT
-  record["created"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
   for game, r in record["games"].items():
     r["mean_return"] = float(np.mean(r["returns"]))
     r["std_return"] = float(np.std(r["returns"]))
@@ -282,7 +331,6 @@ def write_results(workdir: str, results: EvalResults, checkpoint_step: int | Non
       games.human_normalized_score(game, r["mean_return"]) if game in games.HUMAN_SCORES else None
     )
     r["human_normalized"] = None if hns is None else float(hns)
-  path = os.path.join(out_dir, "results.json")
   with open(path + ".tmp", "w") as f:
     json.dump(record, f, indent=1)
   os.replace(path + ".tmp", path)
@@ -306,7 +354,11 @@ def read_results(path: str) -> EvalResults:
     game: GameResult(**{k: v for k, v in r.items() if k in fields})
     for game, r in record["games"].items()
   }
-  kwargs = {f.name: record[f.name] for f in dataclasses.fields(EvalResults) if f.name != "games"}
+  kwargs = {
+    f.name: record[f.name]
+    for f in dataclasses.fields(EvalResults)
+    if f.name != "games" and f.name in record
+  }
   return EvalResults(games=per_game, **kwargs)
 
 
@@ -327,7 +379,7 @@ def find_results(workdir: str) -> list[str]:
 def make_eval_fn(
   num_episodes: int = 10,
   protocol: atari.Protocol | None = None,
-  epsilon: float = 0.001,
+  epsilon: float = DEFAULT_EPSILON,
   num_envs_per_game: int | None = None,
   seed: int = 0,
 ) -> Callable[[PolicyFn, Sequence[str], int, str], dict[str, float]]:
@@ -418,7 +470,7 @@ def _define_flags() -> None:
   flags.DEFINE_string("games", "", "Comma-separated games; all of the run's games if empty.")
   flags.DEFINE_integer("num_episodes", 10, "Episodes per game.")
   flags.DEFINE_enum("protocol", "dqn", ["dqn", "mgdt"], "dqn: sticky 0.25; mgdt: no sticky, JPEG.")
-  flags.DEFINE_float("epsilon", 0.001, "Evaluation epsilon.")
+  flags.DEFINE_float("epsilon", DEFAULT_EPSILON, "Evaluation epsilon.")
   flags.DEFINE_integer("variant", 0, "Game variant (ALE mode/difficulty), see scaled_ql.atari.")
   flags.DEFINE_integer("num_envs_per_game", None, "Parallel environments per game.")
   flags.DEFINE_integer("seed", 0, "Seed of environments and exploration.")

@@ -134,7 +134,7 @@ def load_runs(dirs: Sequence[str], protocol: str) -> tuple[list[Run], list[str]]
         f"'{protocol}'; rerun the evaluation or pass --protocol"
       )
       continue
-    results = max(matching, key=lambda r: -1 if r.checkpoint_step is None else r.checkpoint_step)
+    results = evaluate.latest(matching)
     missing = [k for k in ("method", "data_quality", "num_params", "seed") if k not in info]
     if missing:
       left_out.append(f"run {workdir}: run_info lacks {missing} (shown as 'unknown')")

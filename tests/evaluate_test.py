@@ -115,7 +115,7 @@ def test_results_files_round_trip(tmp_path):
   protocol = atari.Protocol(max_episode_steps=20)
   results = evaluate.evaluate(_noop_policy, ["Breakout"], 2, protocol=protocol, epsilon=0.5)
   path = evaluate.write_results(str(tmp_path), results, checkpoint_step=1234)
-  assert path == os.path.join(tmp_path, "eval", "step_000001234_custom", "results.json")
+  assert os.path.basename(os.path.dirname(path)).startswith("step_000001234_custom_")
   with open(path) as f:
     record = json.load(f)
   import ale_py
@@ -132,6 +132,32 @@ def test_results_files_round_trip(tmp_path):
   again = evaluate.read_results(path)
   assert again.games == results.games and again.checkpoint_step == 1234
   assert evaluate.find_results(str(tmp_path)) == [path]
+
+
+def test_results_of_one_checkpoint_merge_by_game_and_never_collide(tmp_path):
+  workdir, capped = str(tmp_path), atari.Protocol(max_episode_steps=20)
+
+  def write(game_names, protocol=capped, seed=0):
+    results = evaluate.evaluate(_noop_policy, game_names, 1, protocol=protocol, seed=seed)
+    return evaluate.write_results(workdir, results, checkpoint_step=7), results
+
+  both_path, both = write(["Breakout", "Pong"])
+  # The same checkpoint and settings, one game again: that game is replaced, the other kept.
+  pong_path, pong = write(["Pong"])
+  assert pong_path == both_path
+  merged = evaluate.read_results(both_path)
+  assert set(merged.games) == {"Breakout", "Pong"}
+  assert merged.games["Breakout"] == both.games["Breakout"]
+  assert merged.games["Pong"] == pong.games["Pong"]
+  assert merged.agent_steps == both.agent_steps + pong.agent_steps
+  # Another step cap (also "custom") and another seed get their own directories.
+  other_cap, _ = write(["Pong"], protocol=atari.Protocol(max_episode_steps=30))
+  other_seed, _ = write(["Pong"], seed=1)
+  assert len({both_path, other_cap, other_seed}) == 3 and "_seed1_" in other_seed
+  assert len(evaluate.find_results(workdir)) == 3
+  # Of several evaluations of one checkpoint, the latest is the last written.
+  all_results = [evaluate.read_results(p) for p in evaluate.find_results(workdir)]
+  assert evaluate.latest(all_results).seed == 1
 
 
 def test_trainer_hook_writes_results_and_returns_scalars(tmp_path):
