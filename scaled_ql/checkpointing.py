@@ -12,6 +12,12 @@ import orbax.checkpoint as ocp
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether the workdir holds a finished checkpoint (without creating anything)."""
+  directory = os.path.join(workdir, CHECKPOINT_SUBDIR)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
 class CheckpointMismatchError(ValueError):
   """A checkpoint's parameters do not fit the configured network."""
 

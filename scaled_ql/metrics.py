@@ -39,15 +39,30 @@ def flatten(metrics: Mapping[str, np.ndarray], games: Sequence[str]) -> dict[str
   return flat
 
 
-def check_finite(flat: Mapping[str, float], first_step: int, last_step: int) -> None:
-  """Raises NonFiniteMetricError naming the metrics and the step window."""
-  bad = sorted(name for name, value in flat.items() if not math.isfinite(value))
-  if bad:
-    raise NonFiniteMetricError(
-      f"Non-finite training metrics ({', '.join(bad[:8])}) at a step in [{first_step}, "
-      f"{last_step}]. The last checkpoint before step {first_step} is intact; lower the "
-      "learning rate or set max_grad_norm and resume."
-    )
+def all_finite(flat: Mapping[str, float]) -> bool:
+  return all(math.isfinite(value) for value in flat.values())
+
+
+def raise_first_nonfinite(
+  window: Sequence[Mapping[str, np.ndarray]], games: Sequence[str], first_step: int
+) -> None:
+  """Raises NonFiniteMetricError naming the first step with a non-finite metric.
+
+  Args:
+    window: host metrics of consecutive steps, the first being step `first_step`.
+    games: the game names of per-game vectors.
+    first_step: the step of `window[0]`.
+  """
+  for step, step_metrics in enumerate(window, start=first_step):
+    bad = sorted(name for name, value in flatten(step_metrics, games).items()
+                 if not math.isfinite(value))  # fmt: skip
+    if bad:
+      raise NonFiniteMetricError(
+        f"Non-finite training metrics ({', '.join(bad[:8])}) at step {step}. The last "
+        f"checkpoint (before step {first_step}) is intact; lower the learning rate or set "
+        "optimizers.make_optimizer.max_grad_norm, and resume."
+      )
+  raise ValueError("raise_first_nonfinite: every metric of the window is finite.")
 
 
 class MetricWriter:
@@ -72,9 +87,14 @@ class MetricWriter:
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(self.jsonl_path):
       kept = [row for row in read_jsonl(self.jsonl_path) if row["step"] <= start_step]
-      with open(self.jsonl_path, "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in kept)
+      write_atomically(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in kept))
     self._events = EventFileWriter(self.tensorboard_dir)
+    if start_step > 0:
+      # TensorBoard's restart marker: it drops the earlier points from this step on, which
+      # the killed run logged after its checkpoint and this run recomputes.
+      start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+      self._events.add_event(event_pb2.Event(wall_time=time.time(), step=start_step + 1,
+                                             session_log=start))  # fmt: skip
     self._jsonl = open(self.jsonl_path, "a")
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
@@ -97,10 +117,30 @@ class MetricWriter:
       self._jsonl.close()
 
 
+def write_atomically(path: str, text: str) -> None:
+  """Writes a whole file so that a kill leaves either the old or the new one."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
+
+
 def read_jsonl(path: str) -> list[dict]:
-  """Reads a `metrics.jsonl` file back (for reports and tests)."""
+  """Reads a `metrics.jsonl` file back (for reports and tests).
+
+  A last line cut short (the process was killed while writing it) is skipped; a bad line
+  elsewhere is an error naming the file and line.
+  """
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  rows = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number == len(lines) and not line.endswith("\n"):
+        break
+      raise ValueError(f"{path}, line {number}: not a JSON object ({e}).") from e
+  return rows
 
 
 def steps_with(workdir: str, prefix: str) -> set[int]:

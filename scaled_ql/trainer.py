@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -172,7 +173,7 @@ def train(
     network_config=dataclasses.asdict(network_config),
     loss_config=dataclasses.asdict(loss_config),
   )
-  if os.path.isdir(os.path.join(workdir, checkpointing.CHECKPOINT_SUBDIR)):
+  if checkpointing.has_checkpoint(workdir):
     _check_same_run(workdir, run_info)
   dataset = dataset_fn(
     game_names=game_names,
@@ -230,19 +231,24 @@ def train(
     writer.flush()
     return eval_scalars
 
-  # -- The loop: the step is the only per-step work; metrics are fetched every log window.
+  # -- The loop: the step is the only per-step work; metrics are fetched every log window
+  # (and before every checkpoint); the window's other steps' are fetched only to name the
+  # first non-finite step.
   last_logged, window_start, window_time = {}, start_step, time.time()
-  step = start_step
+  step, window = start_step, []
   batches = dataset.iterate(start_step)
   try:
     while step < num_grad_steps:
       state, step_metrics = step_fn(state, sharding.put_batch(next(batches), learner.mesh))
       step += 1
+      window.append(step_metrics)
       progress.update(1)
       boundary = step == num_grad_steps or step % log_every_steps == 0
       if boundary or step % checkpoint_every_steps == 0:
         flat = metrics.flatten(jax.device_get(step_metrics), game_names)
-        metrics.check_finite(flat, window_start + 1, step)
+        if not metrics.all_finite(flat):
+          metrics.raise_first_nonfinite(jax.device_get(window), game_names, step - len(window) + 1)
+        window = []
         steps_per_s = (step - window_start) / max(time.time() - window_time, 1e-9)
         flat.update(
           steps_per_s=steps_per_s,
@@ -257,7 +263,7 @@ def train(
         checkpointer.save(state)
       if eval_fn and eval_every_steps and step % eval_every_steps == 0 and step < num_grad_steps:
         last_logged = {**last_logged, **run_eval(step)}
-        window_time = time.time()  # Evaluation time is not training throughput.
+        window_start, window_time = step, time.time()  # Evaluation is not training throughput.
     # The final evaluation also runs when a killed run had checkpointed but not evaluated.
     if eval_fn and step not in metrics.steps_with(workdir, "eval/"):
       last_logged = {**last_logged, **run_eval(step)}
@@ -277,9 +283,14 @@ def _check_local_path(workdir: str) -> None:
       f"--workdir={workdir}: URIs are not supported; use a local path or a mounted shared "
       "filesystem (e.g. gcsfuse or NFS, the same path on every host)."
     )
-  os.makedirs(workdir, exist_ok=True)
-  if not os.access(workdir, os.W_OK):
-    raise PermissionError(f"The workdir {workdir} is not writable; pass another --workdir.")
+  try:  # A real write: os.access says yes to root even on a read-only filesystem.
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.TemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise PermissionError(
+      f"The workdir {workdir} is not writable ({e.strerror}); pass another --workdir."
+    ) from e
 
 
 # Fields that must not change when a run resumes (num_grad_steps and evaluation may).
@@ -316,10 +327,9 @@ def _write_run_info(workdir: str, info: dict) -> None:
   """Records what the run is (and the gin config it used), for `load_policy` and reports."""
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, OPERATIVE_CONFIG_FILE), "w") as f:
-    f.write(gin.operative_config_str())
-  with open(os.path.join(workdir, RUN_INFO_FILE), "w") as f:
-    json.dump({k: v for k, v in info.items() if v is not None}, f, indent=2)
+  info = json.dumps({k: v for k, v in info.items() if v is not None}, indent=2)
+  for name, text in ((OPERATIVE_CONFIG_FILE, gin.operative_config_str()), (RUN_INFO_FILE, info)):
+    metrics.write_atomically(os.path.join(workdir, name), text)
 
 
 def read_run_info(workdir: str) -> dict:

@@ -212,6 +212,8 @@ def find_segments(
       segments.append(Segment(tuple(parts)))
   if not segments:
     raise _missing(shard_dir, game, f"no converted data for runs {list(runs)}")
+  if not sum(segment.num_rows for segment in segments):
+    raise _missing(shard_dir, game, f"the selected suffixes of runs {list(runs)} hold no rows")
   return segments
 
 

@@ -1,6 +1,7 @@
 """Bad input: every problem is a DataError naming the file and the problem (never a silent load)."""
 
 import gzip
+import json
 import os
 import shutil
 
@@ -164,3 +165,17 @@ def test_truncated_converted_shard(root, tmp_path):
   os.truncate(path, os.path.getsize(path) - 84 * 84)
   with pytest.raises(DataError, match="observation.u8: .* bytes, expected"):
     ReplayDataset(str(tmp_path / "shards"), ["Breakout"], runs=[1])
+
+
+def test_data_without_rows_is_named(root, tmp_path):
+  _convert(root, tmp_path)
+  shard_dir = str(tmp_path / "shards")
+  for suffix in ("00", "01"):
+    meta_path = os.path.join(shard_dir, "Breakout", "1", suffix, "meta.json")
+    with open(meta_path) as f:
+      meta = json.load(f)
+    with open(meta_path, "w") as f:
+      json.dump(dict(meta, num_rows=0), f)
+    os.truncate(os.path.join(os.path.dirname(meta_path), "observation.u8"), 0)
+  with pytest.raises(DataError, match="hold no rows for game 'Breakout'"):
+    ReplayDataset(shard_dir, ["Breakout"], runs=[1])
