@@ -294,6 +294,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(shard_dir, tmp_path):
   rows = [r for r in metrics_rows(workdir) if "loss" in r]
   assert [r["step"] for r in rows] == list(range(1, 301))
   assert 300 in [int(d) for d in os.listdir(checkpoints) if d.isdigit()]
+  again = run("scaled_ql.pretrain", *pretrain_args(workdir, shard_dir, *bindings))
+  assert "already holds the finished run" in again.stderr
 
 
 def metrics_rows(workdir) -> list[dict]:
