@@ -77,7 +77,7 @@ def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn"
         best_means[game] = float(np.mean(by_suffix[game][best]))
         row.append(f"{_cell(by_suffix[game][best])} [ckpt {best}]")
     else:
-      row += ["—"] * (len(header) - 1 - 2 * len(results))
+      row += ["—"] * (1 + show_best)
     for r in results:
       returns = r.games[game].returns if game in r.games else None
       row += [_cell(returns), _hns(game, np.mean(returns))] if returns else ["—", "—"]

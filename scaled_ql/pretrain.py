@@ -21,15 +21,13 @@ def main() -> None:
   config.parse_gin(config.flags.FLAGS.gin_file, config.flags.FLAGS.gin_bindings)
   config.initialize_distributed()
   final_metrics = trainer.train(workdir)
-  if not final_metrics:  # Nothing ran: the checkpoint is already at num_grad_steps.
-    logging.info("%s already holds the finished run; bind a larger train.num_grad_steps to "
-                 "train it further.", workdir)  # fmt: skip
-    return
   shown = {
     k: round(v, 4) for k, v in final_metrics.items() if "/" not in k or k.startswith("eval/")
   }
   logging.info(
-    "Done: %s. Checkpoints, metrics.jsonl and TensorBoard logs are in %s.", shown, workdir
+    "Done%s. Checkpoints, metrics.jsonl and TensorBoard logs are in %s.",
+    f": {shown}" if shown else "",
+    workdir,
   )
 
 

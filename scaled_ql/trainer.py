@@ -198,6 +198,9 @@ def train(
       fsdp, ema,
     )  # fmt: skip
   start_step = int(state.step)
+  if start_step >= num_grad_steps:
+    logging.info("%s already holds the finished run (step %d); bind a larger "
+                 "train.num_grad_steps to train it further.", workdir, start_step)  # fmt: skip
   num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
   _write_run_info(workdir, dict(run_info, num_params=num_params))
   logging.info("Data: %s", dataset.describe())

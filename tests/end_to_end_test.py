@@ -69,6 +69,12 @@ def pretrain(workdir, shard_dir, num_grad_steps: int) -> subprocess.CompletedPro
   )
 
 
+def metrics_rows(workdir) -> list[dict]:
+  """Every line of a run's metrics.jsonl (strictly: a torn line fails the test)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
 def restore_params(workdir, step: int) -> dict:
   tree = ocp.PyTreeCheckpointer().restore(
     os.path.join(workdir, "checkpoints", str(step), "default")
@@ -96,8 +102,7 @@ def runs(shard_dir, tmp_path_factory):
 def test_pretrain_resumes_exactly(runs):
   resumed, straight = runs
   # The run's record: every step logged once, finite, with per-game metrics and evaluation.
-  with open(os.path.join(resumed, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
+  rows = metrics_rows(resumed)
   train_rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5]
   assert all(np.isfinite(r["loss"]) for r in train_rows)
@@ -296,8 +301,3 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(shard_dir, tmp_path):
   assert 300 in [int(d) for d in os.listdir(checkpoints) if d.isdigit()]
   again = run("scaled_ql.pretrain", *pretrain_args(workdir, shard_dir, *bindings))
   assert "already holds the finished run" in again.stderr
-
-
-def metrics_rows(workdir) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]

@@ -4,6 +4,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -115,7 +116,8 @@ def test_results_files_round_trip(tmp_path):
   protocol = atari.Protocol(max_episode_steps=20)
   results = evaluate.evaluate(_noop_policy, ["Breakout"], 2, protocol=protocol, epsilon=0.5)
   path = evaluate.write_results(str(tmp_path), results, checkpoint_step=1234)
-  assert os.path.basename(os.path.dirname(path)).startswith("step_000001234_custom_")
+  tag = os.path.basename(os.path.dirname(path))
+  assert re.fullmatch(r"step_000001234_custom_[0-9a-f]{8}", tag) and path.startswith(str(tmp_path))
   with open(path) as f:
     record = json.load(f)
   import ale_py
