@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 from ale_py.vector_env import AtariVectorEnv
 
-from scaled_ql import atari, evaluate, games
+from scaled_ql import atari, evaluate, games, types
 
 flags.DEFINE_string("game", "Breakout", "Game to play.")
 flags.DEFINE_integer("num_envs", 8, "Parallel environments.")
@@ -31,7 +31,7 @@ flags.DEFINE_integer("rounds", 10, "Alternating measurement rounds.")
 FLAGS = flags.FLAGS
 
 
-def tiny_policy(num_actions: list[int]):
+def tiny_policy(num_actions: list[int]) -> types.Policy:
   """A jitted greedy policy: a patch-embedding conv (4x4 patches, stride 4, 8 channels), ReLU,
   then a linear layer to per-game heads of 18 actions, masked to each game's action count."""
 
@@ -48,7 +48,7 @@ def tiny_policy(num_actions: list[int]):
     jax.random.key(0), jnp.zeros((1, 84, 84, 4), jnp.uint8), jnp.zeros(1, jnp.int32)
   )
   act = jax.jit(net.apply)
-  return lambda obs, game_id: act(params, obs, game_id)
+  return types.FunctionPolicy(lambda obs, game_id: act(params, obs, game_id))
 
 
 def raw_steps_and_time(game: str, num_envs: int, num_steps: int) -> tuple[int, float]:
@@ -70,24 +70,24 @@ def raw_steps_and_time(game: str, num_envs: int, num_steps: int) -> tuple[int, f
   return num_steps * num_envs, elapsed
 
 
-def eval_steps_and_time(policy_fn, game: str, num_envs: int, num_steps: int) -> tuple[int, float]:
+def eval_steps_and_time(policy: types.Policy, game: str, num_envs: int, num_steps: int) -> tuple[int, float]:
   """(agent steps, seconds) of `evaluate`'s stepping loop (`wall_time_s` starts after reset)."""
   # 4 episodes per env capped at num_steps / 4: at most num_steps batched steps, and long
   # enough to include episode ends and autoresets.
   protocol = atari.Protocol(max_episode_steps=max(1, num_steps // 4))
-  results = evaluate.evaluate(policy_fn, [game], 4 * num_envs, protocol=protocol,
+  results = evaluate.evaluate(policy, [game], 4 * num_envs, protocol=protocol,
                               num_envs_per_game=num_envs, seed=0)  # fmt: skip
   return results.agent_steps, results.wall_time_s
 
 
 def main(argv) -> None:
   del argv
-  policy_fn = tiny_policy([games.num_actions(FLAGS.game)])
-  policy_fn(np.zeros((FLAGS.num_envs, 84, 84, 4), np.uint8), np.zeros(FLAGS.num_envs, np.int32))
+  policy = tiny_policy([games.num_actions(FLAGS.game)])
+  policy(np.zeros((FLAGS.num_envs, 84, 84, 4), np.uint8), np.zeros(FLAGS.num_envs, np.int32))
   raw, ours = [], []
   for k in range(FLAGS.rounds):
     raw.append(raw_steps_and_time(FLAGS.game, FLAGS.num_envs, FLAGS.num_steps))
-    ours.append(eval_steps_and_time(policy_fn, FLAGS.game, FLAGS.num_envs, FLAGS.num_steps))
+    ours.append(eval_steps_and_time(policy, FLAGS.game, FLAGS.num_envs, FLAGS.num_steps))
     print(f"round {k}: raw AtariVectorEnv {raw[-1][0] / raw[-1][1]:,.0f} agent steps/s, "
           f"evaluator {ours[-1][0] / ours[-1][1]:,.0f} agent steps/s")  # fmt: skip
   raw_rate = sum(n for n, _ in raw) / sum(t for _, t in raw)

@@ -149,7 +149,7 @@ def loop_window_rates(torso: str, shard_dir: str) -> np.ndarray:
     )
     trainer.train(workdir)
     rates = [
-      row["steps_per_s"] for row in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+      row["steps_per_s"] for row in runs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     ]
   return np.array(rates[1:])
 

@@ -17,13 +17,14 @@ rows [k*C, (k+1)*C) of the run's stream (C = --checkpoint_size; add_count = (k+1
 time-contiguous and episodes cross file boundaries). `--partial_last_rows=M` adds a suffix K with
 M new rows and the remaining rows left over from suffix K-1, like the real data's suffix 50.
 
-Episodes of the `--num_envs` parallel environments are appended to the stream whole, one after
-another, so every episode is contiguous as in a single agent's log.
+Episodes of the `--num_envs` parallel environments (played by `scaled_ql.actor`, the acting loop
+of evaluation and online fine-tuning too) are appended to the stream whole, one after another, so
+every episode is contiguous as in a single agent's log.
 
 Policies (`--policy`):
   random:     uniform over the minimal action set (epsilon = 1).
   checkpoint: epsilon-greedy (`--epsilon`, default 0.01) over the greedy policy of a training run
-              (`--policy_workdir`, loaded with `scaled_ql.trainer.load_policy`).
+              (`--policy_workdir`, loaded with `scaled_ql.methods.load_policy`).
   schedule:   like checkpoint, with epsilon falling linearly from `--epsilon_start` (checkpoint 0)
               to `--epsilon_end` (last checkpoint), so early files are worse than late ones, as in
               an online agent's log. It needs a policy: without one, the honest choice is random.
@@ -43,7 +44,8 @@ import numpy as np
 import tqdm
 from absl import app, flags, logging
 
-from scaled_ql import atari, games
+from scaled_ql import actor as actor_lib
+from scaled_ql import atari, games, types
 from scaled_ql.data import dqn_replay, shards
 
 FLAGS = flags.FLAGS
@@ -67,7 +69,6 @@ def define_flags() -> None:
   flags.DEFINE_integer("seed", 0, "Seed of environments and exploration.")
 
 
-GreedyPolicy = Callable[[np.ndarray], np.ndarray]  # obs uint8 [N, 84, 84, 4] -> actions int [N]
 PAD = dqn_replay.STACK_SIZE - 1
 
 
@@ -80,16 +81,29 @@ def epsilon_for(policy: str, suffix: int, num_suffixes: int, epsilon, start, end
   return start + (end - start) * suffix / max(1, num_suffixes - 1)
 
 
-def load_greedy_policy(workdir: str, game: str) -> GreedyPolicy:
-  """Hook for `--policy_workdir`: the greedy policy of a training run, for one game."""
-  from scaled_ql import trainer  # Heavy (JAX); only when a policy is asked for.
+class _OneGamePolicy(types.Policy):
+  """A multi-game policy playing one game: every env uses that game's head."""
 
-  policy_fn, game_names, step = trainer.load_policy(workdir)
+  def __init__(self, policy: types.Policy, game_id: int):
+    self._policy, self._game_id = policy, game_id
+
+  def __call__(self, obs, game_id):
+    return self._policy(obs, np.full_like(game_id, self._game_id))
+
+  def observe(self, action, reward, ended):
+    self._policy.observe(action, reward, ended)
+
+
+def load_greedy_policy(workdir: str, game: str) -> types.Policy:
+  """Hook for `--policy_workdir`: the greedy policy of a training run, for one game."""
+  from scaled_ql import methods  # Heavy (JAX); only when a policy is asked for.
+
+  policy, game_names, step = methods.load_policy(workdir)
   if game not in game_names:
     raise ValueError(f"{workdir} (step {step}) was not trained on {game}: it knows {game_names}")
-  game_id = game_names.index(game)
+  game_id = list(game_names).index(game)
   logging.info("behaviour policy: %s step %d, game_id %d", workdir, step, game_id)
-  return lambda obs: np.asarray(policy_fn(obs, np.full(len(obs), game_id, np.int32)))
+  return _OneGamePolicy(policy, game_id)
 
 
 class RunStream:
@@ -219,7 +233,7 @@ def collect_run(
   capacity: int,
   num_checkpoints: int,
   epsilon_fn: Callable[[int], float],
-  greedy: GreedyPolicy | None,
+  policy: types.Policy | None,
   num_envs: int = 8,
   max_episode_steps: int = 27_000,
   partial_rows: int = 0,
@@ -234,7 +248,8 @@ def collect_run(
     capacity: rows per checkpoint (C).
     num_checkpoints: full checkpoints K.
     epsilon_fn: suffix -> exploration rate.
-    greedy: obs uint8 [N, 84, 84, 4] -> actions int [N], or None for uniform random.
+    policy: the greedy behaviour policy (called with game_id 0; see `load_greedy_policy`), or
+      None for uniform random actions.
     num_envs, max_episode_steps: environment settings (DQN Replay protocol otherwise).
     partial_rows: new rows of the partial suffix K (0: none).
     seed: seed; the resume point is folded in so that a resumed run explores anew.
@@ -251,33 +266,27 @@ def collect_run(
   bar = tqdm.tqdm(total=total, desc=f"{game} {replay_dir}", unit="row", disable=not progress)
   rng = np.random.default_rng([seed, stream.suffix])
   env = atari.VectorEnv(game, num_envs, protocol=protocol, seed=int(rng.integers(2**31)))
+  actor = actor_lib.Actor([env], policy, rng=rng)
   episodes = [[] for _ in range(num_envs)]  # per env: rows (frame, action, reward, terminal)
-  scores = np.zeros(num_envs)  # unclipped return of each env's current episode
   try:
-    obs = env.reset()
+    actor.reset()
     while not stream.done:
-      # Epsilon-greedy over the behaviour policy (epsilon of the checkpoint being filled).
-      actions = rng.integers(env.num_actions, size=num_envs)
-      if greedy is not None:
-        explore = rng.random(num_envs) < epsilon_fn(stream.epsilon_suffix)
-        actions = np.where(explore, actions, greedy(obs))
-      next_obs, reward, terminated, truncated = env.step(actions)
-      ended = terminated | truncated
-      scores += reward
+      # Epsilon-greedy with the epsilon of the checkpoint being filled.
+      step = actor.step(epsilon_fn(stream.epsilon_suffix))
+      # A row pairs the frame the action was chosen on with that action and its outcome.
+      frames = step.obs[..., -1].copy()  # [N, 84, 84]: the rows below are views of it.
+      reward, ended = step.clipped_reward, step.ended
       for i in range(num_envs):
-        # The row pairs the frame the action was chosen on with that action and its outcome.
-        episodes[i].append(
-          (obs[i, :, :, -1].copy(), actions[i], np.clip(reward[i], -1, 1), ended[i])
-        )
+        episodes[i].append((frames[i], step.action[i], reward[i], ended[i]))
         if ended[i]:
-          frames, acts, rews, terms = zip(*episodes[i], strict=True)
+          rows, acts, rews, terms = zip(*episodes[i], strict=True)
           if not stream.done:
-            episode_log.add(stream.suffix, scores[i], len(frames), truncated[i])
-          stream.push(np.stack(frames), np.array(acts), np.array(rews), np.array(terms))
-          scores[i] = 0.0
-          bar.update(min(len(frames) + PAD, total - bar.n))
+            episode_log.add(
+              stream.suffix, step.episode_return[i], len(rows), bool(step.truncated[i])
+            )
+          stream.push(np.stack(rows), np.array(acts), np.array(rews), np.array(terms))
+          bar.update(min(len(rows) + PAD, total - bar.n))
           episodes[i] = []
-      obs = next_obs
   except BaseException:
     stream.abort()
     raise
@@ -303,9 +312,9 @@ def main(argv):
       <= set(dqn_replay.list_suffixes(dqn_replay.replay_dir(FLAGS.output_dir, game, run)))
       for run in runs
     )
-    greedy = None
+    policy = None
     if FLAGS.policy != "random" and not complete:
-      greedy = load_greedy_policy(FLAGS.policy_workdir, game)
+      policy = load_greedy_policy(FLAGS.policy_workdir, game)
     for run in runs:
       collect_run(
         game,
@@ -320,7 +329,7 @@ def main(argv):
           FLAGS.epsilon_start,
           FLAGS.epsilon_end,
         ),
-        greedy,
+        policy,
         num_envs=FLAGS.num_envs,
         max_episode_steps=FLAGS.max_episode_steps,
         partial_rows=FLAGS.partial_last_rows,

@@ -131,14 +131,17 @@ def source_stamp(src_dir: str, suffix: int) -> dict[str, list]:
   return stamp
 
 
-def convert_dqn_suffix(src_dir: str, suffix: int, out_dir: str, compress: bool = False) -> int:
-  """Converts one DQN Replay suffix; returns the number of rows written.
+def convert_dqn_suffix(
+  src_dir: str, suffix: int, out_dir: str, game: str, compress: bool = False
+) -> int:
+  """Converts one DQN Replay suffix of `game`; returns the number of rows written.
 
   Keeps the rows that are new since suffix k-1 when k-1's add_count is available (the partial last
-  file holds old rows past `add_count % C`), all rows otherwise.
+  file holds old rows past `add_count % C`), all rows otherwise. Actions outside `game`'s action
+  set are refused before any observation is read.
   """
   stamp = source_stamp(src_dir, suffix)  # Before reading: a later change is then noticed.
-  info = dqn_replay.read_suffix_info(src_dir, suffix)
+  info = dqn_replay.read_suffix_info(src_dir, suffix, game)
   capacity = info.capacity
   start, num_rows = dqn_replay.time_order(capacity, info.add_count)
   prev_path = dqn_replay.filename(src_dir, "add_count", suffix - 1)
@@ -178,6 +181,7 @@ def convert_dqn_suffix(src_dir: str, suffix: int, out_dir: str, compress: bool =
       add_count=info.add_count,
       capacity=capacity,
       contiguous_with_previous=contiguous,
+      game=game,
       source=src_dir,
       source_stamp=stamp,
     ),
@@ -186,12 +190,21 @@ def convert_dqn_suffix(src_dir: str, suffix: int, out_dir: str, compress: bool =
 
 
 def convert_rows(
-  blocks: Iterable[tuple[np.ndarray, ...]], out_dir: str, meta: dict, compress: bool = False
+  blocks: Iterable[tuple[np.ndarray, ...]],
+  out_dir: str,
+  game: str,
+  meta: dict,
+  compress: bool = False,
 ) -> int:
-  """Writes time-ordered row blocks `(obs [r,84,84], action, reward, terminal)` as one suffix."""
+  """Writes time-ordered row blocks `(obs [r,84,84], action, reward, terminal)` as one suffix.
+
+  Each block's actions are checked against `game`'s action set before the block is written.
+  """
+  where = f"{meta.get('source')} checkpoint {meta.get('checkpoint')}"
   writer = _SuffixWriter(out_dir)
   row = 0
   for obs, action, reward, terminal in blocks:
+    dqn_replay.check_actions(where, action, game)
     writer.write("observation.u8", row, obs)
     writer.write("action.i32", row, action)
     writer.write("reward.f32", row, np.clip(reward, -1.0, 1.0))
@@ -200,7 +213,7 @@ def convert_rows(
   if row == 0:
     raise dqn_replay.DataError(f"{meta.get('source')}: no rows (empty checkpoint)")
   writer.num_rows = row
-  writer.commit(dict(meta, contiguous_with_previous=False), compress)
+  writer.commit(dict(meta, contiguous_with_previous=False, game=game), compress)
   return row
 
 
@@ -249,9 +262,9 @@ def convert(
         try:
           if source == "tfds":
             blocks = tfds_reader.checkpoint_rows(tfds_data_dir, game, run, suffix)
-            convert_rows(blocks, out_dir, dict(source=src, checkpoint=suffix), compress)
+            convert_rows(blocks, out_dir, game, dict(source=src, checkpoint=suffix), compress)
           else:
-            convert_dqn_suffix(src, suffix, out_dir, compress)
+            convert_dqn_suffix(src, suffix, out_dir, game, compress)
           counts["converted"] += 1
           logging.info("converted %s run %d suffix %d", game, run, suffix)
         except dqn_replay.DataError as e:

@@ -53,8 +53,8 @@ done
 echo "== 5/5 results (evaluation: DQN Replay protocol, sticky actions, epsilon 0.001)"
 $PY -m scaled_ql.report --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" --output="$WORKDIR/report" \
   --task_bootstrap --verbosity=-1 >/dev/null
-$PY -m scaled_ql.compare --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" --data_dir="$WORKDIR/replay" \
-  --output="$WORKDIR/report/local_results.md"
+$PY -m scaled_ql.report.compare --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" \
+  --data_dir="$WORKDIR/replay" --output="$WORKDIR/report/local_results.md"
 echo
 echo "Checkpoints: $WORKDIR/{scaled_ql,bc,behaviour}/checkpoints   Logs: $WORKDIR/*/metrics.jsonl"
 echo "TensorBoard: .venv/bin/tensorboard --logdir $WORKDIR   Report: $WORKDIR/report"

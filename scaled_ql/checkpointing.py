@@ -1,7 +1,10 @@
-"""Orbax checkpoints of the whole `TrainState`, with a clear error on a mismatched config.
+"""Orbax checkpoints of the whole `TrainState` (and a data source's state), with clear errors.
 
-The data position needs no checkpoint of its own: batches are a pure function of
-(seed, step), so restoring `state.step` restores where the data stream was.
+    {workdir}/checkpoints/{step}/default   the TrainState
+    {workdir}/checkpoints/{step}/data      the data source's `state()`, when it has one
+
+An offline source needs no data item: its batches are a pure function of (seed, step), so
+restoring `state.step` restores where its stream was. A source fed by acting saves its rows.
 """
 
 import os
@@ -10,6 +13,7 @@ import jax
 import orbax.checkpoint as ocp
 
 CHECKPOINT_SUBDIR = "checkpoints"
+_STATE, _DATA = "default", "data"
 
 
 def has_checkpoint(workdir: str) -> bool:
@@ -50,7 +54,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-      item_handlers=ocp.PyTreeCheckpointHandler(),  # Lets item_metadata read saved shapes.
+      # Explicit handlers let item_metadata read saved shapes.
+      item_handlers={_STATE: ocp.PyTreeCheckpointHandler(), _DATA: ocp.PyTreeCheckpointHandler()},
     )
 
   def latest_step(self) -> int | None:
@@ -59,10 +64,21 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, state) -> None:
-    """Saves `state` at `state.step` (asynchronously; see `wait`)."""
+  def save(self, state, data_state: dict | None = None) -> None:
+    """Saves `state` (and a data source's non-empty state) at `state.step` (asynchronously)."""
     step = int(jax.device_get(state.step))
-    self._manager.save(step, args=ocp.args.PyTreeSave(state))
+    items = {_STATE: ocp.args.PyTreeSave(state)}
+    if data_state:
+      items[_DATA] = ocp.args.PyTreeSave(data_state)
+    self._manager.save(step, args=ocp.args.Composite(**items))
+
+  def restore_data(self, step: int) -> dict:
+    """The data source's state saved with the checkpoint at `step` ({} if none was saved)."""
+    if _DATA not in self._manager.item_metadata(step):
+      return {}
+    return self._manager.restore(step, args=ocp.args.Composite(**{_DATA: ocp.args.PyTreeRestore()}))[
+      _DATA
+    ]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -95,13 +111,11 @@ class Checkpointer:
       )
     self._check_compatible(abstract_state, step, partial)
     restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_state)
-    return self._manager.restore(
-      step,
-      args=ocp.args.PyTreeRestore(abstract_state, restore_args, partial_restore=partial),
-    )
+    item = ocp.args.PyTreeRestore(abstract_state, restore_args, partial_restore=partial)
+    return self._manager.restore(step, args=ocp.args.Composite(**{_STATE: item}))[_STATE]
 
   def _check_compatible(self, abstract_state, step: int, partial: bool) -> None:
-    stored = _flatten_shapes(self._manager.item_metadata(step).tree)
+    stored = _flatten_shapes(self._manager.item_metadata(step)[_STATE].tree)
     wanted = _flatten_shapes(_as_dict(abstract_state))
     wanted_roots = {path.split("/")[0] for path in wanted}
     if partial:

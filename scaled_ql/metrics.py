@@ -16,6 +16,8 @@ import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from scaled_ql import runs
+
 # The event writer would import all of TensorFlow (8 s, and its CUDA probing in the log) for
 # file I/O; TensorBoard's documented `compat.notf` switch selects its TF-free stub instead.
 sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
@@ -83,11 +85,11 @@ class MetricWriter:
     self._enabled = enabled
     if not enabled:
       return
-    self.tensorboard_dir = os.path.join(workdir, "tensorboard")
-    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self.tensorboard_dir = os.path.join(workdir, runs.TENSORBOARD_SUBDIR)
+    self.jsonl_path = os.path.join(workdir, runs.METRICS_FILE)
     if os.path.exists(self.jsonl_path):
-      kept = [row for row in read_jsonl(self.jsonl_path) if row["step"] <= start_step]
-      write_atomically(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in kept))
+      kept = [row for row in runs.read_jsonl(self.jsonl_path) if row["step"] <= start_step]
+      runs.write_atomically(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in kept))
     self._events = EventFileWriter(self.tensorboard_dir)
     if start_step > 0:
       # TensorBoard's restart marker: it drops the earlier points from this step on, which
@@ -115,37 +117,3 @@ class MetricWriter:
     if self._enabled:
       self._events.close()
       self._jsonl.close()
-
-
-def write_atomically(path: str, text: str) -> None:
-  """Writes a whole file so that a kill leaves either the old or the new one."""
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
-
-
-def read_jsonl(path: str) -> list[dict]:
-  """Reads a `metrics.jsonl` file back (for reports and tests).
-
-  A last line cut short (the process was killed while writing it) is skipped; a bad line
-  elsewhere is an error naming the file and line.
-  """
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
-  rows = []
-  for number, line in enumerate(lines, start=1):
-    try:
-      rows.append(json.loads(line))
-    except json.JSONDecodeError as e:
-      if number == len(lines) and not line.endswith("\n"):
-        break
-      raise ValueError(f"{path}, line {number}: not a JSON object ({e}).") from e
-  return rows
-
-
-def steps_with(workdir: str, prefix: str) -> set[int]:
-  """Steps whose logged row in `{workdir}/metrics.jsonl` has a metric starting with `prefix`."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return set()
-  return {row["step"] for row in read_jsonl(path) if any(k.startswith(prefix) for k in row)}

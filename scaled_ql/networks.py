@@ -20,9 +20,8 @@ Head counts use each game's own |A_game| x 51 outputs (what the paper's per-game
 hold); the stacked implementation also allocates unused slots up to A_max, which
 `count_params` reports separately as `heads_allocated`.
 
-`python -m scaled_ql.networks --gin_file=pretrain_near_optimal.gin` (or `--model=resnet101`)
-prints the breakdown for the 40 training games
-without compiling anything (shapes only, via `jax.eval_shape`).
+`python -m scaled_ql.count_params --gin_file=pretrain_near_optimal.gin` (or `--model=resnet101`)
+prints the breakdown for the 40 training games without compiling anything (shapes only).
 """
 
 import dataclasses
@@ -410,40 +409,3 @@ def count_params(config: NetworkConfig, num_actions: Sequence[int]) -> dict[str,
   counts["total"] = shared + counts["heads"]
   counts["total_allocated"] = shared + counts["heads_allocated"]
   return counts
-
-
-def _main(argv):
-  """Prints the parameter breakdown of a configured network (shapes only, nothing compiled)."""
-  del argv
-  import gin
-
-  from scaled_ql import config, games
-  from scaled_ql import networks as lib  # This file runs as __main__; use the package's classes.
-
-  flags = _absl_flags.FLAGS
-  if flags.gin_file:
-    config.parse_gin(flags.gin_file, flags.gin_bindings)
-    bindings = gin.get_bindings("train")
-    network_config = bindings.get("network_config") or gin.get_configurable("NetworkConfig")()
-    game_names = bindings.get("game_names", games.TRAIN_GAMES)
-  else:
-    network_config, game_names = lib.NetworkConfig(torso=flags.model), games.TRAIN_GAMES
-  num_actions = [games.num_actions(game) for game in game_names]
-  counts = lib.count_params(network_config, num_actions)
-  resolved = network_config.resolved()
-  print(
-    f"{resolved.torso}: widths={resolved.widths} F={resolved.spatial_embedding_features} "
-    f"D={resolved.projection_dim} games={len(game_names)} actions={sum(num_actions)}"
-  )
-  for name, value in counts.items():
-    print(f"  {name:18s} {value:>12,d}  ({value / 1e6:.2f}M)")
-
-
-if __name__ == "__main__":
-  from absl import app
-  from absl import flags as _absl_flags
-
-  from scaled_ql import config  # Defines --gin_file and --gin_bindings.
-
-  _absl_flags.DEFINE_string("model", "resnet101", f"Torso without --gin_file: {sorted(_TORSOS)}.")
-  app.run(lambda argv: config.run_main(lambda: _main(argv)))

@@ -9,17 +9,13 @@ The same command in the same workdir resumes from the last checkpoint.
 
 from absl import app, logging
 
-from scaled_ql import config, trainer
+from scaled_ql import cli, configurables, trainer
 
 
 def main() -> None:
-  workdir = config.require_workdir()
-  if not config.flags.FLAGS.gin_file:
-    raise config.UserError(
-      "give at least one --gin_file (e.g. local.gin, debug.gin, pretrain_near_optimal.gin)"
-    )
-  config.parse_gin(config.flags.FLAGS.gin_file, config.flags.FLAGS.gin_bindings)
-  config.initialize_distributed()
+  workdir = cli.require_workdir()
+  configurables.parse_gin(*cli.gin_files_and_bindings())
+  cli.initialize_distributed()
   final_metrics = trainer.train(workdir)
   shown = {
     k: round(v, 4) for k, v in final_metrics.items() if "/" not in k or k.startswith("eval/")
@@ -32,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: config.run_main(main))
+  app.run(lambda argv: cli.run_main(main))

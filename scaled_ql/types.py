@@ -1,5 +1,6 @@
-"""Typed contracts between the data layer, the learner and the evaluator."""
+"""Typed contracts between the data layer, the learner and the acting loop."""
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -33,7 +34,7 @@ class Batch(NamedTuple):
 
 
 def zeros_batch(batch_size: int) -> Batch:
-  """An all-zero Batch: the shapes and dtypes the network and step are built for."""
+  """An all-zero Batch: the shapes and dtypes of n-step transitions."""
   obs = np.zeros((batch_size, *OBSERVATION_SHAPE), np.uint8)
   return Batch(
     obs=obs,
@@ -43,3 +44,33 @@ def zeros_batch(batch_size: int) -> Batch:
     next_obs=obs,
     game_id=np.zeros(batch_size, np.int32),
   )
+
+
+class Policy:
+  """Chooses actions for N environments at once; may keep state per environment.
+
+  The acting loop (`scaled_ql.actor`) calls `policy(obs, game_id)` once per step for all its
+  environments, then `observe(...)` with what happened, so that a stateful policy (a Decision
+  Transformer's context and return-to-go) can update, and reset the environments whose episode
+  ended. Stateless policies inherit the no-op `observe`.
+  """
+
+  def __call__(self, obs: np.ndarray, game_id: np.ndarray) -> np.ndarray:
+    """obs uint8 [N, 84, 84, 4], game_id int32 [N] -> actions int32 [N] (minimal-set indices)."""
+    raise NotImplementedError
+
+  def observe(self, action: np.ndarray, reward: np.ndarray, ended: np.ndarray) -> None:
+    """After a step: the actions played int32 [N] (exploration may have replaced the policy's),
+    the unclipped rewards float32 [N], and bool [N] whose episode ended (the next observation
+    of those environments starts a new episode)."""
+    del action, reward, ended
+
+
+class FunctionPolicy(Policy):
+  """A stateless policy from a function `(obs, game_id) -> actions`."""
+
+  def __init__(self, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+    self._fn = fn
+
+  def __call__(self, obs, game_id):
+    return np.asarray(self._fn(obs, game_id))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_prep import collect, convert
-from scaled_ql import atari, games
+from scaled_ql import atari, games, types
 from scaled_ql.data import ReplayDataset, dqn_replay, shards
 
 CAPACITY, LIMIT = 500, 60
@@ -170,7 +170,8 @@ def test_epsilon_greedy_over_a_policy(tmp_path):
   """The `checkpoint`/`schedule` path: epsilon 0 follows the policy; the schedule falls linearly."""
   replay_dir = dqn_replay.replay_dir(str(tmp_path), "Breakout", 1)
   collect.collect_run(
-    "Breakout", replay_dir, 200, 1, lambda k: 0.0, lambda obs: np.full(len(obs), 3),
+    "Breakout", replay_dir, 200, 1, lambda k: 0.0,
+    types.FunctionPolicy(lambda obs, game_id: np.full(len(obs), 3)),
     num_envs=2, max_episode_steps=40, progress=False,
   )  # fmt: skip
   _, action, _, terminal, _ = _time_ordered(replay_dir, 0)

@@ -158,7 +158,7 @@ def test_compare_against_the_data(runs, shard_dir, tmp_path):
   resumed, straight = runs
   replay = os.path.join(os.path.dirname(shard_dir), "replay")
   out = run(
-    "scaled_ql.compare",
+    "scaled_ql.report.compare",
     f"--runs={resumed},{straight}",
     f"--data_dir={replay}",
     f"--output={tmp_path / 'table.md'}",
@@ -177,7 +177,7 @@ def test_compare_against_the_data(runs, shard_dir, tmp_path):
 
 
 def test_compare_without_logged_episodes_for_a_game(runs, shard_dir, tmp_path):
-  from scaled_ql import compare
+  from scaled_ql.report import compare
 
   replay = os.path.join(os.path.dirname(shard_dir), "replay")
   os.makedirs(tmp_path / "Breakout" / "1")
@@ -233,7 +233,7 @@ def pretrain_failing(workdir, shard_dir, *bindings: str) -> str:
 
 def test_bad_input_fails_before_compute(shard_dir, tmp_path):
   workdir = str(tmp_path / "run")
-  message = pretrain_failing(workdir, shard_dir, "LossConfig.cql_alfa = 1.0")
+  message = pretrain_failing(workdir, shard_dir, "ScaledQL.cql_alfa = 1.0")
   assert "cql_alfa" in message
   message = pretrain_failing(workdir, shard_dir, "train.game_names = ['Breakout', 'Pongg']")
   assert "Pongg" in message
@@ -258,6 +258,32 @@ def test_a_changed_configuration_is_not_resumed(shard_dir, tmp_path):
   message = pretrain_failing(workdir, shard_dir, "NetworkConfig.projection_dim = 32")
   assert "does not match the configured model" in message
   assert re.search(r"projection\S*: checkpoint \(\d+, 16\) vs configured \(\d+, 32\)", message)
+
+
+def test_a_run_starts_from_another_runs_checkpoint(shard_dir, tmp_path):
+  source, finetuned = str(tmp_path / "breakout"), str(tmp_path / "finetuned")
+  run("scaled_ql.pretrain", *pretrain_args(source, shard_dir, "train.game_names = ['Breakout']",
+                                           "train.num_grad_steps = 3", "train.eval_fn = None"))
+  # Pong is new (6 actions), Breakout's head comes from the source; the torso is frozen.
+  out = run("scaled_ql.pretrain", *pretrain_args(
+    finetuned, shard_dir, "train.game_names = ['Pong', 'Breakout']", "train.num_grad_steps = 2",
+    "train.eval_fn = None", "train.init_from = @initialization.InitFrom()",
+    f"initialization.InitFrom.source = '{source}/checkpoints/3'",
+    "initialization.InitFrom.torso_learning_rate_scale = 0.0",
+  ))  # fmt: skip
+  assert "init_from" in out.stderr and "new heads: ['Pong']" in out.stderr
+  pretrained, after = restore_params(source, 3), restore_params(finetuned, 2)
+  for module in after:
+    if module.endswith("heads"):
+      continue
+    for name in after[module]:  # The torso: bitwise the pretrained one, still (frozen).
+      np.testing.assert_array_equal(after[module][name], pretrained[module][name])
+  heads, source_heads = after["scaled_ql/heads"]["w"], pretrained["scaled_ql/heads"]["w"]
+  assert heads.shape[0] == 2 and heads.shape[-1] == 6 * 51  # Pong's 6 actions x 51 atoms.
+  assert not np.array_equal(heads[1, :, : 4 * 51], source_heads[0])  # Breakout's head trained.
+  with open(os.path.join(finetuned, "run_info.json")) as f:
+    info = json.load(f)
+  assert info["init"] == "pretrained" and info["init_from"].endswith("checkpoints/3")
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(shard_dir, tmp_path):

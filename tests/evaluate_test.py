@@ -9,12 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from scaled_ql import atari, evaluate, games
+from scaled_ql import atari, evaluate, games, runs, types
 
 
-def _noop_policy(obs, game_id):
-  del game_id
-  return np.zeros(len(obs), np.int32)
+_noop_policy = types.FunctionPolicy(lambda obs, game_id: np.zeros(len(obs), np.int32))
 
 
 def _open_loop_policy(num_actions, frames_seen):
@@ -27,7 +25,7 @@ def _open_loop_policy(num_actions, frames_seen):
     frames_seen.append(hashlib.sha1(obs.tobytes()).hexdigest())
     return rng.integers(0, num_actions, len(obs), dtype=np.int32)
 
-  return policy
+  return types.FunctionPolicy(policy)
 
 
 def test_random_policy_breakout_score_is_in_known_range():
@@ -85,7 +83,7 @@ def test_one_batched_policy_call_per_step_with_game_ids():
     return np.zeros(len(obs), np.int32)
 
   protocol = atari.Protocol(max_episode_steps=10)
-  results = evaluate.evaluate(policy, ["Breakout", "Pong"], 2, game_ids=[7, 3],
+  results = evaluate.evaluate(types.FunctionPolicy(policy), ["Breakout", "Pong"], 2, game_ids=[7, 3],
                               protocol=protocol, epsilon=0.0)  # fmt: skip
   # 2 games x 2 envs, every env plays one 10-step episode: 10 steps, one call each.
   assert len(calls) == 10
@@ -106,7 +104,9 @@ def test_bad_input_is_explained():
   with pytest.raises(ValueError, match="Unknown Atari game"):
     evaluate.evaluate(_noop_policy, ["Breakout", "Brekaout"], 1)
   with pytest.raises(ValueError, match="which has 4 actions"):
-    evaluate.evaluate(lambda o, g: np.full(len(o), 5, np.int32), ["Breakout"], 1)
+    evaluate.evaluate(types.FunctionPolicy(lambda o, g: np.full(len(o), 5)), ["Breakout"], 1)
+  with pytest.raises(TypeError, match="FunctionPolicy"):
+    evaluate.evaluate(lambda o, g: np.zeros(len(o), np.int32), ["Breakout"], 1)
   with pytest.raises(ValueError, match="no policy head for"):
     evaluate._parse_games("Breakout,Pong", ["Breakout", "Qbert"])
   assert evaluate._parse_games("Qbert", ["Breakout", "Qbert"]) == (["Qbert"], [1])
@@ -115,7 +115,7 @@ def test_bad_input_is_explained():
 def test_results_files_round_trip(tmp_path):
   protocol = atari.Protocol(max_episode_steps=20)
   results = evaluate.evaluate(_noop_policy, ["Breakout"], 2, protocol=protocol, epsilon=0.5)
-  path = evaluate.write_results(str(tmp_path), results, checkpoint_step=1234)
+  path = runs.write_results(str(tmp_path), results, checkpoint_step=1234)
   tag = os.path.basename(os.path.dirname(path))
   assert re.fullmatch(r"step_000001234_custom_[0-9a-f]{8}", tag) and path.startswith(str(tmp_path))
   with open(path) as f:
@@ -131,9 +131,9 @@ def test_results_files_round_trip(tmp_path):
   with open(os.path.join(os.path.dirname(path), "episodes.csv")) as f:
     rows = list(csv.DictReader(f))
   assert [int(r["length"]) for r in rows] == results.games["Breakout"].lengths
-  again = evaluate.read_results(path)
+  again = runs.read_results(path)
   assert again.games == results.games and again.checkpoint_step == 1234
-  assert evaluate.find_results(str(tmp_path)) == [path]
+  assert runs.find_results(str(tmp_path)) == [path]
 
 
 def test_results_of_one_checkpoint_merge_by_game_and_never_collide(tmp_path):
@@ -141,13 +141,13 @@ def test_results_of_one_checkpoint_merge_by_game_and_never_collide(tmp_path):
 
   def write(game_names, protocol=capped, seed=0):
     results = evaluate.evaluate(_noop_policy, game_names, 1, protocol=protocol, seed=seed)
-    return evaluate.write_results(workdir, results, checkpoint_step=7), results
+    return runs.write_results(workdir, results, checkpoint_step=7), results
 
   both_path, both = write(["Breakout", "Pong"])
   # The same checkpoint and settings, one game again: that game is replaced, the other kept.
   pong_path, pong = write(["Pong"])
   assert pong_path == both_path
-  merged = evaluate.read_results(both_path)
+  merged = runs.read_results(both_path)
   assert set(merged.games) == {"Breakout", "Pong"}
   assert merged.games["Breakout"] == both.games["Breakout"]
   assert merged.games["Pong"] == pong.games["Pong"]
@@ -156,10 +156,9 @@ def test_results_of_one_checkpoint_merge_by_game_and_never_collide(tmp_path):
   other_cap, _ = write(["Pong"], protocol=atari.Protocol(max_episode_steps=30))
   other_seed, _ = write(["Pong"], seed=1)
   assert len({both_path, other_cap, other_seed}) == 3 and "_seed1_" in other_seed
-  assert len(evaluate.find_results(workdir)) == 3
+  assert len(runs.find_results(workdir)) == 3
   # Of several evaluations of one checkpoint, the latest is the last written.
-  all_results = [evaluate.read_results(p) for p in evaluate.find_results(workdir)]
-  assert evaluate.latest(all_results).seed == 1
+  assert runs.latest(runs.read_all_results(workdir)).seed == 1
 
 
 def test_trainer_hook_writes_results_and_returns_scalars(tmp_path):
@@ -167,7 +166,7 @@ def test_trainer_hook_writes_results_and_returns_scalars(tmp_path):
   scalars = eval_fn(_noop_policy, ["Breakout", "Pong"], 500, str(tmp_path))
   assert set(scalars) == {"eval/Breakout/return", "eval/Pong/return", "eval/hns_iqm"}
   assert np.isfinite(scalars["eval/hns_iqm"])
-  assert len(evaluate.find_results(str(tmp_path))) == 1
+  assert len(runs.find_results(str(tmp_path))) == 1
 
 
 def test_cli_explains_a_missing_run_or_checkpoint(tmp_path):

@@ -3,12 +3,16 @@
 import pathlib
 
 import gin
+import jax
+import numpy as np
 import pytest
 
-from scaled_ql import config, games, losses, networks, trainer
+from scaled_ql import cli, configurables, games, networks
+from scaled_ql.methods import base
 
 GIN_FILES = sorted(
-  str(p.relative_to(config.GIN_DIR)) for p in pathlib.Path(config.GIN_DIR).rglob("*.gin")
+  str(p.relative_to(configurables.GIN_DIR))
+  for p in pathlib.Path(configurables.GIN_DIR).rglob("*.gin")
 )
 SHARD_DIR_BINDING = "data.ReplayDataset.shard_dir = '/nonexistent/shards'"
 
@@ -23,18 +27,17 @@ def test_gin_file_builds(gin_file):
   # Fragments are included by the runnable files, which set the games: give them some.
   files = ["base.gin", gin_file] if fragment else [gin_file]
   games_binding = "train.game_names = ['Breakout', 'Pong']"
-  config.parse_gin(files, [SHARD_DIR_BINDING] + ([games_binding] if fragment else []))
-  bindings = gin.get_bindings("train")  # Resolves references: builds the configs.
+  configurables.parse_gin(files, [SHARD_DIR_BINDING] + ([games_binding] if fragment else []))
+  bindings = gin.get_bindings("train")  # Resolves references: builds the method.
   game_names = bindings["game_names"]
   games.validate_games(game_names)
-  network_config, loss_config = bindings["network_config"], bindings["loss_config"]
-  assert isinstance(network_config, networks.NetworkConfig)
-  assert isinstance(loss_config, losses.LossConfig)
-  trainer.build_learner(game_names, network_config, loss_config, bindings["optimizer_fn"])
+  method = bindings["method"]
+  learner = method.build(game_names)
+  assert base.load_method(base.method_record(method)).config() == method.config()
   if not fragment:  # Runnable files set the run's length and batch.
     assert bindings["num_grad_steps"] > 0 and bindings["global_batch_size"] > 0
-  counts = networks.count_params(network_config, [games.num_actions(g) for g in game_names])
-  assert counts["total"] > 0
+  shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
+  assert sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)) > 0
 
 
 @pytest.mark.parametrize(
@@ -42,17 +45,18 @@ def test_gin_file_builds(gin_file):
 )
 def test_paper_model_sizes(model, paper_size):
   # The paper's sizes are those of the 40-game networks of pretrain_near_optimal.gin.
-  config.parse_gin(["pretrain_near_optimal.gin", f"models/{model}.gin"], [SHARD_DIR_BINDING])
+  configurables.parse_gin(["pretrain_near_optimal.gin", f"models/{model}.gin"],
+                          [SHARD_DIR_BINDING])  # fmt: skip
   bindings = gin.get_bindings("train")
   counts = networks.count_params(
-    bindings["network_config"], [games.num_actions(g) for g in bindings["game_names"]]
+    bindings["method"].network, [games.num_actions(g) for g in bindings["game_names"]]
   )
   assert len(bindings["game_names"]) == 40
   assert abs(counts["total"] - paper_size) / paper_size < 0.1, counts
 
 
 def test_typo_is_a_clear_error():
-  with pytest.raises(config.UserError, match="cql_alfa"):
-    config.parse_gin(["debug.gin"], ["LossConfig.cql_alfa = 1.0"])
-  with pytest.raises(config.UserError, match="not found. Available in gin/: .*debug.gin"):
-    config.parse_gin(["no_such_file.gin"], [])
+  with pytest.raises(cli.UserError, match="cql_alfa"):
+    configurables.parse_gin(["debug.gin"], ["ScaledQL.cql_alfa = 1.0"])
+  with pytest.raises(cli.UserError, match="not found. Available in gin/: .*debug.gin"):
+    configurables.parse_gin(["no_such_file.gin"], [])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 
-from scaled_ql import metrics
+from scaled_ql import metrics, runs
 
 GAMES = ["Breakout", "Pong"]
 
@@ -33,7 +33,7 @@ def test_a_resumed_writer_drops_recomputed_rows_and_marks_the_restart(tmp_path):
   writer = metrics.MetricWriter(workdir, start_step=2)
   writer.write(3, {"loss": 30.0})
   writer.close()
-  rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  rows = runs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]
   # TensorBoard discards the earlier files' points from a SessionLog.START at step 3 on.
   starts = [e.step for e in _events(workdir) if e.HasField("session_log")]
@@ -47,7 +47,7 @@ def test_a_bad_line_inside_the_log_is_an_error_naming_it(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text(json.dumps({"step": 1}) + "\n{oops\n" + json.dumps({"step": 3}) + "\n")
   with pytest.raises(ValueError, match="metrics.jsonl, line 2"):
-    metrics.read_jsonl(str(path))
+    runs.read_jsonl(str(path))
 
 
 def test_the_first_non_finite_step_of_a_window_is_named():

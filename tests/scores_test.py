@@ -1,11 +1,11 @@
-"""Tests for scaled_ql.scores: normalisation, aggregates and CIs against rliable and by hand."""
+"""Tests for scaled_ql.report.scores: normalisation, aggregates and CIs vs rliable and by hand."""
 
 import numpy as np
 import pytest
 from rliable import library as rly
 from rliable import metrics
 
-from scaled_ql import scores
+from scaled_ql.report import scores
 
 # A fixed score matrix [num_runs=3, num_games=5] with a heavy tail, as Atari scores have.
 _FIXED = np.array(

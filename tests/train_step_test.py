@@ -4,9 +4,11 @@ import jax
 import numpy as np
 import pytest
 
-from scaled_ql import losses, networks, optimizers, sharding, train_step, types
+from scaled_ql import networks, optimizers, sharding, train_step, types
+from scaled_ql.methods.bc import BC
+from scaled_ql.methods.scaled_ql import ScaledQL
 
-NUM_ACTIONS = (3, 4)
+GAMES = ("Pong", "Breakout")  # 6 and 4 actions.
 BATCH_SIZE = 8
 
 
@@ -29,15 +31,18 @@ class _Learner:
 
   def __init__(self):
     # Nature CNN: the cheapest torso to compile; the structure after it is the paper's.
-    self.network = networks.make_network(networks.NetworkConfig(torso="nature_cnn"), NUM_ACTIONS)
-    self.optimizer = optimizers.make_optimizer(learning_rate=1e-3, max_grad_norm=10.0)
-    config = losses.LossConfig(cql_alpha=0.1)
-    self.loss_fn = losses.make_loss(config, self.network.apply, len(NUM_ACTIONS))
+    method = ScaledQL(
+      network=networks.NetworkConfig(torso="nature_cnn"),
+      cql_alpha=0.1,
+      optimizer_fn=lambda: optimizers.make_optimizer(learning_rate=1e-3, max_grad_norm=10.0),
+    )
+    learner = method.build(GAMES)
+    self.init_fn, self.optimizer, self.loss_fn = learner.init, learner.optimizer, learner.loss_fn
     self._steps = {}
 
-  def init(self, mesh=None, fsdp=False):
+  def init(self, mesh=None, fsdp=False, ema=False):
     return train_step.init_train_state(
-      jax.random.PRNGKey(42), self.network, self.optimizer, _batch(), mesh=mesh, fsdp=fsdp
+      jax.random.PRNGKey(42), self.init_fn, self.optimizer, mesh=mesh, fsdp=fsdp, ema=ema
     )
 
   def step_fn(self, target_update_period, mesh=None, fsdp=False):
@@ -48,7 +53,6 @@ class _Learner:
         shapes = jax.eval_shape(self.init)  # Shapes only: the shardings depend on them.
         state_sharding = sharding.state_sharding(shapes, mesh, fsdp)
       self._steps[key] = train_step.make_train_step(
-        self.network,
         self.loss_fn,
         self.optimizer,
         target_update_period,
@@ -86,14 +90,13 @@ def test_fixed_batch_overfits_and_metrics_are_complete(learner):
     "loss",
     "td_loss",
     "cql_loss",
-    "bc_loss",
     "q_mean",
     "q_max",
     "grad_norm",
     "update_norm",
   ):
     assert metrics[name].shape == (), name
-  assert metrics["per_game/td_loss"].shape == (len(NUM_ACTIONS),)
+  assert metrics["per_game/td_loss"].shape == (len(GAMES),)
   assert metrics["grad_norm"] > 0
   assert int(state.step) == 40
 
@@ -153,12 +156,8 @@ def test_put_batch_splits_the_leading_axis():
 
 def test_ema_params_follow_the_moving_average(learner):
   decay = 0.9
-  state = train_step.init_train_state(
-    jax.random.PRNGKey(42), learner.network, learner.optimizer, _batch(), ema=True
-  )
-  step_fn = train_step.make_train_step(
-    learner.network, learner.loss_fn, learner.optimizer, 1000, ema_decay=decay
-  )
+  state = learner.init(ema=True)
+  step_fn = train_step.make_train_step(learner.loss_fn, learner.optimizer, 1000, ema_decay=decay)
   expected = jax.device_get(state.ema_params)
   _assert_trees_equal(expected, jax.device_get(state.params))
   for _ in range(3):
@@ -173,6 +172,14 @@ def test_ema_params_follow_the_moving_average(learner):
     state.ema_params["scaled_ql/projection"]["w"], state.params["scaled_ql/projection"]["w"]
   )
   with pytest.raises(ValueError, match="ema_decay"):
-    train_step.make_train_step(
-      learner.network, learner.loss_fn, learner.optimizer, 1, ema_decay=1.0
-    )
+    train_step.make_train_step(learner.loss_fn, learner.optimizer, 1, ema_decay=1.0)
+
+
+def test_a_method_without_target_network_keeps_none():
+  learner = BC(network=networks.NetworkConfig(torso="nature_cnn")).build(GAMES)
+  state = train_step.init_train_state(jax.random.PRNGKey(0), learner.init, learner.optimizer,
+                                      target=False)  # fmt: skip
+  step_fn = train_step.make_train_step(learner.loss_fn, learner.optimizer, None)
+  state, metrics = _run(state, step_fn, 2, _batch())
+  assert state.target_params is None and int(state.step) == 2
+  assert np.isfinite(metrics[-1]["loss"])

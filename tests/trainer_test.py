@@ -1,4 +1,4 @@
-"""The trainer's configuration checks (the loop itself runs in end_to_end_test.py)."""
+"""The trainer's configuration checks and checkpoints (the loop runs in end_to_end_test.py)."""
 
 from typing import NamedTuple
 
@@ -8,37 +8,22 @@ import numpy as np
 import optax
 import pytest
 
-from scaled_ql import checkpointing, losses, networks, optimizers, trainer
+from scaled_ql import checkpointing, networks, optimizers, trainer
+from scaled_ql.methods.scaled_ql import ScaledQL
 
 SMALL = networks.NetworkConfig(torso="small", widths=(8, 8, 8, 8), projection_dim=16)
 
 
-def test_loss_and_network_must_agree():
-  with pytest.raises(ValueError, match="MSE a scalar one"):
-    trainer.build_learner(["Pong"], SMALL, losses.LossConfig(td="mse"))
-  with pytest.raises(ValueError, match="same \\(num_atoms, v_min, v_max\\)"):
-    trainer.build_learner(["Pong"], SMALL, losses.LossConfig(v_max=20.0))
-  # Matching configurations build; the heads cover Pong's 6 and Breakout's 4 actions.
-  learner = trainer.build_learner(["Pong", "Breakout"], SMALL, losses.LossConfig())
-  obs = jax.ShapeDtypeStruct((1, 84, 84, 4), jnp.uint8)
-  game_id = jax.ShapeDtypeStruct((1,), jnp.int32)
-  params = jax.eval_shape(learner.network.init, jax.random.PRNGKey(0), obs, game_id)
-  out = jax.eval_shape(learner.network.apply, params, obs, game_id)
-  assert out.q_values.shape == (1, 6)
-
-
 def test_workdir_uri_is_refused_before_any_work(tmp_path):
   with pytest.raises(ValueError, match="URIs are not supported"):
-    trainer.train("gs://bucket/run", game_names=["Pong"], dataset_fn=None, network_config=SMALL,
-                  loss_config=losses.LossConfig(), optimizer_fn=None)  # fmt: skip
+    trainer.train("gs://bucket/run", game_names=["Pong"], dataset_fn=None, method=None)
 
 
 def test_an_unwritable_workdir_is_refused_before_any_work(tmp_path):
   not_a_directory = tmp_path / "file"
   not_a_directory.write_text("")
   with pytest.raises(PermissionError, match="file/run is not writable"):
-    trainer.train(str(not_a_directory / "run"), game_names=["Pong"], dataset_fn=None,
-                  network_config=SMALL, loss_config=losses.LossConfig(), optimizer_fn=None)  # fmt: skip
+    trainer.train(str(not_a_directory / "run"), game_names=["Pong"], dataset_fn=None, method=None)
 
 
 class _State(NamedTuple):
@@ -55,11 +40,22 @@ def test_checkpoints_keep_the_latest_n(tmp_path):
   assert checkpointer.all_steps() == [3, 4] and checkpointing.has_checkpoint(str(tmp_path))
   restored = checkpointer.restore(_State(jnp.int32(0), jnp.zeros(3, jnp.float32)))
   np.testing.assert_array_equal(restored.w, [4, 4, 4])
+  assert checkpointer.restore_data(4) == {}  # An offline source saves no data item.
+
+
+def test_a_data_sources_state_is_saved_with_the_checkpoint(tmp_path):
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  rows = np.arange(12, dtype=np.uint8).reshape(3, 4)
+  checkpointer.save(_State(jnp.int32(7), jnp.zeros(3)), {"rows": rows, "count": np.int64(3)})
+  checkpointer.wait()
+  data = checkpointer.restore_data(7)
+  np.testing.assert_array_equal(data["rows"], rows)
+  assert int(data["count"]) == 3
 
 
 def test_unknown_game_is_named():
   with pytest.raises(ValueError, match="Pongg"):
-    trainer.build_learner(["Pongg"], SMALL, losses.LossConfig())
+    ScaledQL(network=SMALL).build(["Pongg"])
 
 
 def test_gradients_are_clipped_to_max_grad_norm_before_adam():

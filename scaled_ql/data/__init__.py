@@ -7,6 +7,8 @@ Modules:
   pool: the sampler's fixed-size in-memory pool of row chunks, refilled in the background.
   sampler: `ReplayDataset`, the deterministic, resumable multi-game sampler.
   tfds_reader: reads a local TFDS `rlu_atari_checkpoints_ordered` copy (for convert).
+  source: `DataSource`, the contract between a data source and the trainer.
+  replay_buffer: `ReplayBuffer`, an in-process buffer filled by acting (online training).
 
 Public API:
   ReplayDataset: `batch(step) -> Batch` (a pure function of seed, step and process) and

@@ -27,6 +27,8 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from scaled_ql import games
+
 STORE_PREFIX = "$store$_"
 FRAME_SHAPE = (84, 84)
 STACK_SIZE = 4
@@ -189,19 +191,46 @@ def _check_vector(path: str, array: np.ndarray, kinds: str, capacity: int) -> No
     raise DataError(f"{path}: wrong shape {array.shape} (expected ({capacity},))")
 
 
-def read_suffix_info(directory: str, suffix: int) -> SuffixInfo:
+def check_actions(path: str, action: np.ndarray, game: str | None) -> None:
+  """Checks that actions index `game`'s minimal action set, as DQN Replay actions do.
+
+  Another game's data under this game's name would otherwise pass: its actions would index
+  Q-values that do not exist (and make the CQL term huge).
+
+  Args:
+    path: the file (or source) the actions come from, for the message.
+    action: integer [N].
+    game: a game of `scaled_ql.games`; None bounds actions by ALE's full set (18) only.
+
+  Raises:
+    DataError: naming `path`, the first offending action, the game and its action count.
+  """
+  num_actions = games.MAX_NUM_ACTIONS if game is None else games.num_actions(game)
+  bad = np.flatnonzero((action < 0) | (action >= num_actions))
+  if not len(bad):
+    return
+  value, limits = int(action[bad[0]]), f"{num_actions} actions (0..{num_actions - 1})"
+  if game is None:
+    raise DataError(f"{path}: action {value} is outside ALE's {limits}")
+  raise DataError(
+    f"{path}: action {value} is outside {game}'s {limits}: is this another game's data?"
+  )
+
+
+def read_suffix_info(directory: str, suffix: int, game: str | None = None) -> SuffixInfo:
   """Validates one suffix's files (headers of all, contents of the small ones).
 
   Args:
     directory: a `replay_logs` directory.
     suffix: the checkpoint number k.
+    game: the game the data is of, if known: actions are checked against its action set.
 
   Returns:
     The validated small arrays; observation is only header-checked (use `stream_rows`).
 
   Raises:
     DataError: naming the file, for a missing file, wrong dtype/shape, pickle, corrupt or truncated
-      gzip, NaN or out-of-range rewards, or an add_count inconsistent with the arrays.
+      gzip, NaN or out-of-range rewards or actions, or an add_count inconsistent with the arrays.
   """
   for name in REQUIRED_FILES:
     path = filename(directory, name, suffix)
@@ -240,9 +269,7 @@ def read_suffix_info(directory: str, suffix: int) -> SuffixInfo:
   if np.abs(reward).max(initial=0) > 1.0:
     raise DataError(f"{reward_path}: rewards outside [-1, 1] (the data stores clipped rewards)")
   action = arrays["action"]
-  if action[written].min(initial=0) < 0 or action[written].max(initial=0) >= 18:
-    path = filename(directory, STORE_PREFIX + "action", suffix)
-    raise DataError(f"{path}: actions outside the Atari action range [0, 18)")
+  check_actions(filename(directory, STORE_PREFIX + "action", suffix), action[written], game)
   return SuffixInfo(
     capacity, add_count, action.astype(np.int32), reward, arrays["terminal"].astype(np.uint8)
   )

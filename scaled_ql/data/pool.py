@@ -66,6 +66,8 @@ class ChunkPool:
     self.length = np.zeros((num_buffers, chunk_rows), np.int32)
     self.action = np.zeros((num_buffers, chunk_rows), np.int32)
     self.num_valid = np.zeros(num_buffers, np.int64)
+    # Valid states / rows of the chunk held: the weight of its slot (see sampler.py).
+    self.valid_fraction = np.zeros(num_buffers, np.float64)
     self.buffer_of_slot = np.arange(self.num_slots)
     self._held = np.full(self.num_slots, -1, np.int64)  # generation held by each slot
     self._free = list(range(self.num_slots, num_buffers))
@@ -120,6 +122,7 @@ class ChunkPool:
     self.discount[buffer, :v], self.length[buffer, :v] = discount, length
     self.action[buffer, :v] = action[valid]
     self.num_valid[buffer] = v
+    self.valid_fraction[buffer] = v / (hi - lo)
 
   # ------------------------------------------------------------------------------------------------
   # Keeping slots current (called by the one thread that makes batches).

@@ -8,8 +8,15 @@ slot holds at step `t` is drawn from `rng(seed, process_index, slot, generation(
 drawn in proportion to their rows; a slot is refilled every `slot_lifetime_steps`, staggered, so
 that each loaded row is sampled `sample_reuse` times on average (default 4). A batch at step `t`
 draws from `rng(seed, process_index, t)` a game per example (by `game_weights`, equal shares by
-default), a slot of that game and a valid state of its chunk, uniformly. So `batch(step)` is a
-pure function of (data, seed, step, process_index): resuming is "continue from step".
+default), then a slot of that game with probability proportional to its chunk's valid fraction
+`V_c / R_c` (valid states / rows: the padding rows after a terminal and the first and last rows
+of a segment are not valid states), then a valid state of that chunk uniformly. Given the pool,
+a valid state of chunk `c` is thus drawn with probability `n_c / (R_c * Z)` (`n_c`: the game's
+slots holding `c`; `Z`: the sum of their valid fractions); as chunks enter slots in proportion to
+their rows, `E[n_c] / R_c` is the same for every chunk, so every valid state of a game is equally
+likely, up to `Z`'s small fluctuations between pools (uniform slots would over-sample the states
+of chunks with many invalid rows, i.e. of short episodes). So `batch(step)` is a pure function of
+(data, seed, step, process_index): resuming is "continue from step".
 
 This is the trade batch_rl's FixedReplayBuffer makes with 5 whole 1M-row files per iteration
 (35 GB of RAM): samples come from a subset of the data that turns over. Here the subset is
@@ -26,6 +33,7 @@ import numpy as np
 
 from scaled_ql.data import shards
 from scaled_ql.data.pool import ChunkPool
+from scaled_ql.data.source import DataSource
 from scaled_ql.data.transitions import STACK, read_chunk, stack_frames
 from scaled_ql.types import Batch
 
@@ -45,7 +53,7 @@ def _keep_freed_batches_in_the_heap() -> None:
     pass
 
 
-class ReplayDataset:
+class ReplayDataset(DataSource):
   """Samples `Batch`es for one host from converted DQN Replay shards of several games.
 
   `batch(step)` and `iterate(start_step)` are the API; call one of them from one thread at a time
@@ -104,6 +112,9 @@ class ReplayDataset:
     if len(weights) != len(self.game_names) or (weights < 0).any() or weights.sum() <= 0:
       raise ValueError(f"game_weights {game_weights} do not match games {self.game_names}")
     self.game_weights = weights / weights.sum()
+    # The paper's two selections (DESIGN.md section 2), for reports.
+    if isinstance(suffixes, str):
+      self.data_quality = {"all": "near_optimal", "first20": "low_quality"}.get(suffixes)
     runs = shards.parse_runs(runs)
     self._segments, self._chunks, self._chunk_p = [], [], []
     for game in self.game_names:
@@ -195,13 +206,20 @@ class ReplayDataset:
       Batch with obs/next_obs uint8 [B, 84, 84, 4], action int32 [B], reward float32 [B],
       discount float32 [B], game_id int32 [B]; B = local_batch_size.
     """
-    b = self.local_batch_size
+    b, num_slots = self.local_batch_size, self.slots_per_game
     rng = np.random.default_rng([self.seed, self.process_index, step, 0xBA])
     game_id = rng.choice(len(self.game_names), size=b, p=self.game_weights).astype(np.int32)
-    slot = game_id * self.slots_per_game + rng.integers(0, self.slots_per_game, b)  # [B]
-    u = rng.random(b)
+    u_slot, u = rng.random(b), rng.random(b)
     pool = self._pool
-    pool.ensure(np.unique(slot), step)
+    # ---- A slot of the example's game, by its chunk's valid fraction (see the module docstring):
+    # every slot of the games drawn must be current to weigh them.
+    games, game_index = np.unique(game_id, return_inverse=True)
+    slots = games[:, None] * num_slots + np.arange(num_slots)  # [G', S], G' games drawn
+    pool.ensure(slots.ravel(), step)
+    cdf = np.cumsum(pool.valid_fraction[pool.buffer_of_slot[slots]], axis=1)  # [G', S]
+    cdf /= cdf[:, -1:]  # the last entry is exactly 1 > u_slot: the count below stays < S
+    slot = slots[game_index, np.sum(cdf[game_index] <= u_slot[:, None], axis=1)]  # [B]
+    # ---- A valid state of the slot's chunk, uniformly.
     buffer = pool.buffer_of_slot[slot]  # [B]
     num_valid = pool.num_valid[buffer]
     k = np.minimum((u * num_valid).astype(np.int64), num_valid - 1)  # [B] index of a valid state

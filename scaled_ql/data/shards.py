@@ -11,8 +11,10 @@ Layout, one directory per converted DQN Replay suffix, rows in time order (oldes
 `N` is the number of rows that are new in this suffix (all C rows for a full checkpoint; fewer for
 a partial last file). `meta.json["contiguous_with_previous"]` says whether row 0 directly follows
 the last row of suffix k-1 (true when add counts differ by at most C), so that episodes crossing a
-file boundary are stitched instead of cut. Reads use `os.preadv` into caller-owned buffers: the page
-cache is shared and never counted in this process's RSS, unlike touched memory-mapped pages.
+file boundary are stitched instead of cut. `meta.json["game"]` names the game whose action set
+convert checked the actions against: the reader refuses the suffix under another game's name.
+Reads use `os.preadv` into caller-owned buffers: the page cache is shared and never counted in
+this process's RSS, unlike touched memory-mapped pages.
 """
 
 import dataclasses
@@ -178,7 +180,8 @@ def find_segments(
     Segments; never empty.
 
   Raises:
-    DataError: naming the directory, the game and the convert command, if nothing is there.
+    DataError: naming the directory, the game and the convert command, if nothing is there;
+      naming the directory and both games, if it was converted as another game's data.
   """
   if not 0.0 < row_fraction <= 1.0:
     raise ValueError(f"row_fraction must be in (0, 1], got {row_fraction}")
@@ -201,6 +204,12 @@ def find_segments(
       meta = read_meta(directory)
       if meta is None:
         raise _missing(shard_dir, game, f"{directory} is incompletely converted (no meta.json)")
+      # Convert checked the actions against the game it names (older shards name none).
+      if meta.get("game", game) != game:
+        raise dqn_replay.DataError(
+          f"{directory}: converted as {meta['game']}'s data, read as {game}'s: its actions index "
+          f"{meta['game']}'s action set"
+        )
       num_rows = int(np.ceil(row_fraction * meta["num_rows"]))
       stitched = prev == suffix - 1 and meta["contiguous_with_previous"] and row_fraction == 1.0
       if parts and not stitched:

@@ -10,7 +10,7 @@ import pytest
 import replay_fixtures as rf
 
 from data_prep import convert
-from scaled_ql.data import DataError, ReplayDataset, dqn_replay
+from scaled_ql.data import DataError, ReplayDataset, dqn_replay, shards
 
 CAPACITY = 200
 
@@ -179,3 +179,40 @@ def test_data_without_rows_is_named(root, tmp_path):
     os.truncate(os.path.join(os.path.dirname(meta_path), "observation.u8"), 0)
   with pytest.raises(DataError, match="hold no rows for game 'Breakout'"):
     ReplayDataset(shard_dir, ["Breakout"], runs=[1])
+
+
+def test_actions_outside_the_games_action_set(root, tmp_path, monkeypatch):
+  # An 18-action game's data under Breakout's name (4 actions): DQN Replay actions index the
+  # game's own minimal action set, so action 7 is refused before any observation is streamed.
+  path = _path(root, "$store$_action")
+  action = dqn_replay.load_array(path)
+  action[np.flatnonzero(action)[:2]] = [7, 12]
+  _rewrite(path, action)
+
+  def stream_rows(*args):
+    raise AssertionError("observations streamed before the actions were checked")
+
+  monkeypatch.setattr(dqn_replay, "stream_rows", stream_rows)
+  with pytest.raises(DataError) as e:
+    _convert(root, tmp_path)
+  assert str(e.value) == (
+    f"{path}: action 7 is outside Breakout's 4 actions (0..3): is this another game's data?"
+  )
+
+
+def test_rows_outside_the_games_action_set(tmp_path):
+  # The TFDS path converts row blocks: each block is checked before it is written.
+  rows = (np.zeros((4, 84, 84), np.uint8), np.array([0, 0, 0, 4]), np.zeros(4), np.eye(4)[-1])
+  meta = dict(source="src", checkpoint=3)
+  with pytest.raises(DataError, match=r"^src checkpoint 3: action 4 is outside Breakout's 4 act"):
+    convert.convert_rows([rows], str(tmp_path / "out"), "Breakout", meta)
+
+
+def test_shards_of_another_game_are_refused(root, tmp_path):
+  _convert(root, tmp_path)
+  shard_dir = str(tmp_path / "shards")
+  os.rename(os.path.join(shard_dir, "Breakout"), os.path.join(shard_dir, "Pong"))
+  with pytest.raises(DataError) as e:
+    ReplayDataset(shard_dir, ["Pong"], runs=[1])
+  directory = shards.suffix_dir(shard_dir, "Pong", 1, 0)
+  assert str(e.value).startswith(f"{directory}: converted as Breakout's data, read as Pong's")

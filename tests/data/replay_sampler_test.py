@@ -121,3 +121,65 @@ def test_row_fraction_spreads_over_suffixes(shard_dir):
   assert len(segments) == 2  # one piece per suffix, not stitched
   assert [s.num_rows for s in segments] == [int(np.ceil(0.1 * p.num_rows)) for p in full]
   ds.batch(0)
+
+
+CHUNK_ROWS = 64
+
+
+@pytest.fixture(scope="module")
+def mixed_validity_shard_dir(tmp_path_factory):
+  """One Breakout suffix of 1024 rows whose 64-row chunks alternate between two kinds.
+
+  A "long" chunk is 3 padding rows and one 61-step episode (61 valid states, action 0); a
+  "short" chunk is 16 one-step episodes of 3 padding rows each (16 valid states, action 1).
+  """
+  root = str(tmp_path_factory.mktemp("mixed"))
+  buf = rf.make_dopamine_buffer(capacity=2048)
+  frames = rf.real_frames()
+  t = 0
+  for _ in range(8):
+    for i in range(61):
+      buf.add(frames[t], 0, 0.0, i == 60)
+      t += 1
+    for _ in range(16):
+      buf.add(frames[t], 1, 0.0, True)
+      t += 1
+  assert buf.add_count == 8 * 2 * CHUNK_ROWS  # dopamine added 3 padding rows per episode
+  replay_dir = os.path.join(root, "dqn", "Breakout", "1", "replay_logs")
+  os.makedirs(replay_dir)
+  buf.save(replay_dir, 0)
+  shard_dir = os.path.join(root, "shards")
+  convert.convert(os.path.join(root, "dqn"), shard_dir, ["Breakout"], [1], "all")
+  return shard_dir
+
+
+def test_every_valid_state_is_equally_likely(mixed_validity_shard_dir):
+  """A chunk with many invalid rows is not over-sampled: its states are as likely as others.
+
+  Chunks enter the pool in proportion to their rows; all chunks here have 64 rows, so every
+  valid state held in the pool must be equally likely (counted once per slot holding it). That
+  gives the exact share of short-chunk states (action 1) given the pool at each step; drawing
+  slots uniformly would make it the share of slots holding short chunks (0.31 here, not 0.11).
+  """
+  ds = _dataset(
+    mixed_validity_shard_dir,
+    games=("Breakout",),
+    local_batch_size=256,
+    chunk_rows=CHUNK_ROWS,
+    pool_rows=16 * CHUNK_ROWS,
+    sample_reuse=1000.0,  # few chunk loads in 40 steps: a fast test
+  )
+  pool = ds._pool
+  observed, expected, variance = 0, 0.0, 0.0
+  for step in range(40):
+    batch = ds.batch(step)
+    buffers = pool.buffer_of_slot
+    num_valid = pool.num_valid[buffers]  # [S]
+    num_short = [np.sum(pool.action[b, :v] == 1) for b, v in zip(buffers, num_valid)]  # [S]
+    p = np.sum(num_short) / np.sum(num_valid)
+    assert 0.05 < p < 0.5  # the pool holds chunks of both kinds
+    observed += np.sum(batch.action == 1)
+    expected += len(batch.action) * p
+    variance += len(batch.action) * p * (1 - p)
+  # 10,240 samples: a binomial standard deviation of 31; uniform slots are off by 68 of them.
+  assert abs(observed - expected) < 4 * np.sqrt(variance), (observed, expected, variance)

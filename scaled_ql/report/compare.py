@@ -1,6 +1,6 @@
 r"""Per-game comparison of trained runs with the data they learned from.
 
-  python -m scaled_ql.compare --runs=workdirs/local/scaled_ql,workdirs/local/bc \
+  python -m scaled_ql.report.compare --runs=workdirs/local/scaled_ql,workdirs/local/bc \
       --data_dir=workdirs/local/replay
 
 Prints (and with --output writes as Markdown) one row per game: the behaviour policy's
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags, logging
 
-from scaled_ql import config, evaluate, games, trainer
+from scaled_ql import cli, games, runs
 from scaled_ql.data import dqn_replay
 
 _RUNS = flags.DEFINE_list("runs", None, "Run directories (trained and evaluated).")
@@ -26,16 +26,17 @@ _OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this Mark
 _PROTOCOL = flags.DEFINE_enum("protocol", "dqn", ["dqn", "mgdt", "custom"], "Evaluations to use.")
 
 
-def _latest_results(workdir: str, protocol: str) -> evaluate.EvalResults:
+def _latest_results(workdir: str, protocol: str) -> runs.EvalResults:
   """The evaluation of the latest checkpoint under `protocol` (default game, variant 0)."""
-  candidates = [evaluate.read_results(path) for path in evaluate.find_results(workdir)]
-  candidates = [r for r in candidates if r.protocol_name == protocol and r.variant == 0]
+  candidates = [
+    r for r in runs.read_all_results(workdir) if r.protocol_name == protocol and r.variant == 0
+  ]
   if not candidates:
     raise FileNotFoundError(
       f"{workdir} has no evaluation results under the {protocol} protocol: run `python -m "
       f"scaled_ql.evaluate --workdir={workdir}` first."
     )
-  return evaluate.latest(candidates)
+  return runs.latest(candidates)
 
 
 def _cell(returns: Sequence[float]) -> str:
@@ -50,7 +51,7 @@ def _hns(game: str, score: float) -> str:
 
 def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn") -> str:
   """The comparison as Markdown: a per-game table and one verdict line per run pair."""
-  names = [trainer.read_run_info(d)["method"] for d in run_dirs]
+  names = [runs.read_run_info(d)["method"] for d in run_dirs]
   results = [_latest_results(d, protocol) for d in run_dirs]
   game_names = sorted({g for r in results for g in r.games})
   by_suffix = {}  # game -> {suffix: episode scores}, for the games whose data logged episodes
@@ -114,10 +115,10 @@ def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn"
 
 def main() -> None:
   if not _RUNS.value:
-    raise config.UserError("--runs is required: comma-separated run directories.")
+    raise cli.UserError("--runs is required: comma-separated run directories.")
   for run_dir in _RUNS.value:
     if not os.path.isdir(run_dir):
-      raise config.UserError(f"--runs: {run_dir} does not exist.")
+      raise cli.UserError(f"--runs: {run_dir} does not exist.")
   table = compare(_RUNS.value, _DATA_DIR.value, _PROTOCOL.value)
   print(table)
   if _OUTPUT.value:
@@ -126,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: config.run_main(main))
+  app.run(lambda argv: cli.run_main(main))

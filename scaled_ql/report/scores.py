@@ -103,7 +103,7 @@ def dqn_normalized_scores(
   dataset", i.e. `(score - random) / (dqn_best - random)`. Those per-game DQN scores are not
   published as a table we could cite, so the reference is an input: compute it from the best
   episode return in the DQN Replay logs of the game you fine-tune on, and record where it came
-  from next to the numbers (`report.py --dqn_reference=FILE`).
+  from next to the numbers (`python -m scaled_ql.report --dqn_reference=FILE`).
 
   Args:
     raw_scores: game name -> raw episode returns.

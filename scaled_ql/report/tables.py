@@ -1,6 +1,6 @@
 """Table layout for the report: method/data-quality names and the Markdown/CSV/LaTeX writers.
 
-`scaled_ql.report` gathers the numbers; this module only lays them out, as in the paper.
+`build` gathers the numbers; this module only lays them out, as in the paper.
 """
 
 import collections
@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scaled_ql import games, scores
+from scaled_ql import games
+from scaled_ql.report import scores
 
 METHOD_NAMES = {"scaled_ql": "Scaled QL", "dt": "DT", "bc": "BC"}
 QUALITIES = ("near_optimal", "low_quality")

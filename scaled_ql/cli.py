@@ -1,23 +1,17 @@
-"""Command-line and gin plumbing shared by the entry points.
+"""Command-line plumbing shared by the entry points: flags, multi-host start-up, errors.
 
 Every entry point takes `--workdir`, `--gin_file` (repeatable) and `--gin_bindings`
-(repeatable); everything else is a gin binding. gin binds builders and entry points
-only (registered here); modules, losses and data functions receive plain values.
+(repeatable); everything else is a gin binding (`scaled_ql.configurables` parses them).
+A user's mistake is reported in one line (`run_main`), never as a traceback.
 """
 
 import logging as std_logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import gin
 import jax
 from absl import flags, logging
-
-# trainer registers `train` with gin on import.
-from scaled_ql import atari, data, evaluate, games, losses, networks, optimizers, trainer  # noqa: F401
-
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
 flags.DEFINE_string(
   "workdir", None, "Run directory: checkpoints, logs, results. Resumes if it exists."
@@ -34,56 +28,9 @@ flags.DEFINE_string("coordinator_address", None, "Multi-host: process 0's host:p
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
-# -- The configurables: builders and entry points only.
-gin.external_configurable(networks.NetworkConfig, module="networks")
-gin.external_configurable(losses.LossConfig, module="losses")
-gin.external_configurable(optimizers.make_optimizer, module="optimizers")
-# The trainer passes these itself: a binding of them would be silently overridden.
-gin.external_configurable(
-  data.ReplayDataset,
-  module="data",
-  denylist=["game_names", "local_batch_size", "seed", "process_index", "process_count"],
-)
-gin.external_configurable(evaluate.make_eval_fn, module="evaluate")
-gin.external_configurable(atari.Protocol, module="atari")
-gin.constant("TRAIN_GAMES", games.TRAIN_GAMES)
-gin.constant("HELD_OUT_GAMES", games.HELD_OUT_GAMES)
-gin.constant("MGDT_TRAIN_GAMES", games.MGDT_TRAIN_GAMES)
-
 
 class UserError(Exception):
   """A mistake in the command line or configuration: reported in one line, no traceback."""
-
-
-def resolve_gin_file(path: str) -> str:
-  """Finds a gin file relative to the cwd, else to the repo's gin/ directory."""
-  for candidate in (path, os.path.join(GIN_DIR, path)):
-    if os.path.isfile(candidate):
-      return candidate
-  available = sorted(
-    os.path.relpath(os.path.join(root, f), GIN_DIR)
-    for root, _, files in os.walk(GIN_DIR)
-    for f in files
-    if f.endswith(".gin")
-  )
-  raise UserError(f"gin file {path!r} not found. Available in gin/: {', '.join(available)}")
-
-
-def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
-  """Parses gin files and bindings; an unknown configurable or parameter is an error."""
-  gin.clear_config()
-  gin.add_config_file_search_path(GIN_DIR)
-  files = [resolve_gin_file(f) for f in gin_files]
-  # gin logs an error for every search-path prefix an `include` is not under; a missing
-  # include still raises below, so silence the noise.
-  std_logging.disable(std_logging.ERROR)
-  try:
-    gin.parse_config_files_and_bindings(files, gin_bindings, finalize_config=False)
-  except (ValueError, KeyError, SyntaxError, OSError) as e:
-    # gin's own message names the bad binding and where it came from.
-    raise UserError(f"bad gin configuration: {' '.join(str(e).split())}") from e
-  finally:
-    std_logging.disable(std_logging.NOTSET)
 
 
 def initialize_distributed() -> None:
@@ -103,6 +50,16 @@ def initialize_distributed() -> None:
     jax.local_device_count(),
     jax.device_count(),
   )
+
+
+def gin_files_and_bindings(required: bool = True) -> tuple[list[str], list[str]]:
+  """The --gin_file and --gin_bindings values; with `required`, at least one file."""
+  f = flags.FLAGS
+  if required and not f.gin_file:
+    raise UserError(
+      "give at least one --gin_file (e.g. local.gin, debug.gin, pretrain_near_optimal.gin)"
+    )
+  return list(f.gin_file), list(f.gin_bindings)
 
 
 def require_workdir() -> str:

@@ -1,6 +1,6 @@
 """PNG plots for the report: IQM intervals, per-game bars, performance profiles, scaling.
 
-`scaled_ql.report` gathers the numbers; this module only draws them (headless, Agg backend).
+`build` gathers the numbers; this module only draws them (headless, Agg backend).
 """
 
 import collections
@@ -13,11 +13,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scaled_ql import report_tables, scores  # noqa: E402
+from scaled_ql.report import scores, tables  # noqa: E402
 
 
 def plot_intervals(path, estimates):
-  labels = [report_tables.group_label(g) for g in estimates]
+  """One panel per metric: each group's CI as a bar, its point estimate as a line and a dot."""
+  fig = intervals_figure(estimates)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def intervals_figure(estimates):
+  """The figure of `plot_intervals`: group y of `estimates` is drawn at height y."""
+  labels = [tables.group_label(g) for g in estimates]
   fig, axes = plt.subplots(
     1, len(scores.METRICS), figsize=(4 * len(scores.METRICS), 1 + 0.5 * len(labels))
   )
@@ -26,12 +34,16 @@ def plot_intervals(path, estimates):
       e = est[metric]
       ax.barh(y, 100 * (e.ci_high - e.ci_low), left=100 * e.ci_low, height=0.6, alpha=0.6)
       ax.plot([100 * e.value] * 2, [y - 0.3, y + 0.3], color="k")
+      # A single run's CI has zero width: the dot keeps its estimate visible.
+      ax.plot(100 * e.value, y, "o", color="k", markersize=4, zorder=3)
+    # Bars pin the x limit to their edges; a point at that edge would sit on the axis.
+    ax.use_sticky_edges = False
+    ax.margins(x=0.05)
     ax.set_yticks(range(len(labels)), labels if metric == scores.METRICS[0] else [""] * len(labels))
     ax.set_title(metric.replace("_", " ").upper() if metric == "iqm" else metric.replace("_", " "))
     ax.set_xlabel("human-normalised score (%)")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
 
 
 def plot_per_game(path, per_game_hns):
@@ -44,7 +56,7 @@ def plot_per_game(path, per_game_hns):
       xs,
       [100 * by_game.get(g, np.nan) for g in game_names],
       width,
-      label=report_tables.group_label(group),
+      label=tables.group_label(group),
     )
   ax.set_xticks(np.arange(len(game_names)) + 0.4 - width / 2, game_names, rotation=60, ha="right")
   ax.set_ylabel("human-normalised score (%)")
@@ -60,7 +72,7 @@ def plot_profiles(path, matrices, reps, seed):
   profiles, cis = {}, {}
   if matrices:
     profiles, cis = scores.performance_profiles(
-      {report_tables.group_label(g): m for g, m in matrices.items()}, taus, reps=reps, seed=seed
+      {tables.group_label(g): m for g, m in matrices.items()}, taus, reps=reps, seed=seed
     )
   fig, ax = plt.subplots(figsize=(6, 4))
   for label, profile in profiles.items():
@@ -87,7 +99,7 @@ def scaling(output, estimates, left_out):
     n = np.array([p[0] for p in points], np.float64)
     iqm = np.array([p[1].value for p in points])
     err = np.array([[p[1].value - p[1].ci_low, p[1].ci_high - p[1].value] for p in points]).T
-    label = f"{report_tables.METHOD_NAMES.get(method, method)} ({quality})"
+    label = f"{tables.METHOD_NAMES.get(method, method)} ({quality})"
     bars = ax.errorbar(n, 100 * iqm, yerr=100 * err, fmt="o", capsize=3, label=label)
     positive = iqm > 0
     if len(np.unique(n[positive])) < 2:

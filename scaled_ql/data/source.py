@@ -1,0 +1,43 @@
+"""The data-source contract between the data layer and the trainer.
+
+The trainer builds its source with `dataset_fn(game_names=..., local_batch_size=..., seed=...,
+process_index=..., process_count=...)` and then only calls the methods below. An offline
+source (`ReplayDataset`) makes each batch a pure function of (seed, step), so its position is
+the step and it has no state of its own; a source fed by acting (`replay_buffer.ReplayBuffer`)
+returns its contents and position in `state()`, which the trainer saves in every checkpoint
+and gives back through `restore` on resume. The data layer never imports the learner: a source
+that acts is given a `types.Policy` by whoever builds it.
+"""
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from scaled_ql.types import Batch
+
+
+class DataSource:
+  """Base class of the trainer's data sources; offline sources override only what they have."""
+
+  # "near_optimal" / "low_quality" when the selection is one of the paper's (for reports).
+  data_quality: str | None = None
+
+  def iterate(self, start_step: int) -> Iterator[Batch]:
+    """Yields the host-local batches of steps start_step, start_step + 1, ..."""
+    raise NotImplementedError
+
+  def describe(self) -> str:
+    """One line for the log: what is sampled and how."""
+    return type(self).__name__
+
+  def state(self) -> dict[str, np.ndarray]:
+    """What a checkpoint must hold to continue this source exactly ({}: the step suffices)."""
+    return {}
+
+  def restore(self, state: dict[str, np.ndarray]) -> None:
+    """Continues from a `state()` saved in a checkpoint."""
+    if state:
+      raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}.")
+
+  def close(self) -> None:
+    """Releases threads and memory."""

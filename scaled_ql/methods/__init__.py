@@ -1,0 +1,18 @@
+"""Methods: what a learning algorithm is, apart from the loop that trains it.
+
+A method is a small frozen dataclass with plain-value fields (bound in gin) and two methods:
+`build(game_names) -> base.Learner` (network, loss, optimizer, example batch, policy, transfer
+of parameters from another run) and `config() -> dict` (what run_info.json records, from which
+`load_method` rebuilds it). The trainer knows only `base.Learner`. A new method is a new module
+here; nothing else changes.
+
+Modules:
+  base: `Method`, `Learner`, rebuilding a run's method and loading its policy.
+  q_network: what the methods on the multi-game Q-network share (greedy policy, transfer).
+  scaled_ql: Scaled QL (C51 or MSE TD, CQL).
+  bc: behaviour cloning on the same network.
+"""
+
+from scaled_ql.methods.base import Learner, Method, load_method, load_policy
+
+__all__ = ["Learner", "Method", "load_method", "load_policy"]

@@ -1,0 +1,155 @@
+"""What the methods on the multi-game Q-network share: init, greedy policy, parameter transfer.
+
+Scaled QL and BC train the same network (`networks.make_network`: a shared torso, spatial
+embedding and projection, then one head per game stacked as [G, ...] and indexed by game_id);
+they differ only in their loss. Its parameters are haiku's `{module: {name: array}}`; the heads
+are the module named "heads".
+"""
+
+from collections.abc import Callable, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from scaled_ql import games, networks, types
+from scaled_ql.methods import base
+
+HEADS_MODULE = "heads"
+
+
+def network_config(values: dict) -> networks.NetworkConfig:
+  """A NetworkConfig from its JSON form (run_info.json stores tuples as lists)."""
+  return networks.NetworkConfig(
+    **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+  )
+
+
+def build_learner(
+  config: networks.NetworkConfig,
+  game_names: Sequence[str],
+  make_loss: Callable[[Callable, int], Callable],
+  optimizer: optax.GradientTransformation,
+  target_update_period: int | None,
+) -> base.Learner:
+  """The learner of a method on this network, given its loss.
+
+  Args:
+    config: the network configuration.
+    game_names: the games (game_id = index).
+    make_loss: (network apply, num_games) -> loss_fn(params, target_params, batch, rng).
+    optimizer: the optimizer.
+    target_update_period: steps between target copies; None keeps no target network.
+  """
+  games.validate_games(game_names)
+  network = networks.make_network(config, [games.num_actions(g) for g in game_names])
+  example = types.zeros_batch(1)
+  return base.Learner(
+    init=lambda rng: network.init(rng, example.obs, example.game_id),
+    loss_fn=make_loss(network.apply, len(game_names)),
+    optimizer=optimizer,
+    target_update_period=target_update_period,
+    example_batch=types.zeros_batch,
+    make_policy=make_policy_factory(network),
+    transfer=lambda src, src_games, params: transfer(src, src_games, params, game_names),
+    per_game=per_game,
+  )
+
+
+class GreedyPolicy(types.Policy):
+  """Plays the argmax of the masked Q-values (a game's illegal slots never win)."""
+
+  def __init__(self, act, params):
+    self._act, self._params = act, params
+
+  def __call__(self, obs, game_id):
+    return np.asarray(self._act(self._params, obs, game_id))
+
+
+def make_policy_factory(network: hk.Transformed, output: str = "q_values"):
+  """params -> GreedyPolicy; the argmax of `output` ([B, A], masked) is jitted once, here."""
+
+  @jax.jit
+  def act(params, obs, game_id):  # uint8 [N, 84, 84, 4], int32 [N] -> int32 [N]
+    return jnp.argmax(getattr(network.apply(params, obs, game_id), output), axis=-1).astype(
+      jnp.int32
+    )
+
+  return lambda params: GreedyPolicy(act, params)
+
+
+def is_head(module_name: str) -> bool:
+  return HEADS_MODULE in module_name.split("/")
+
+
+def per_game(params):
+  """True for the stacked per-game heads, False for the shared layers."""
+  return {module: {name: is_head(module) for name in leaves} for module, leaves in params.items()}
+
+
+def transfer(source_params, source_games: Sequence[str], params, game_names: Sequence[str]):
+  """Carries a run's parameters over to a network for `game_names`.
+
+  The shared layers are copied and must match in shape. A game's head is copied from the
+  source's head of the same game (its own |A_game| x N outputs; the stacked heads' unused slots
+  keep `params`' values); games the source lacks keep their fresh heads in `params`.
+
+  Args:
+    source_params: the source run's parameters (heads [G_src, D, A_src * N]).
+    source_games: the source run's games (the order of its heads).
+    params: freshly initialised parameters for `game_names` (heads [G, D, A * N]).
+    game_names: the games being trained.
+
+  Returns:
+    The new parameters (host numpy arrays).
+
+  Raises:
+    ValueError: listing every shared layer missing or of another shape.
+  """
+  source = jax.tree.map(np.asarray, jax.device_get(source_params))
+  out = jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(params))
+  problems = []
+  for module in sorted(set(source) | set(out)):
+    if is_head(module):
+      continue
+    for name in sorted(set(source.get(module, {})) | set(out.get(module, {}))):
+      src, dst = source.get(module, {}).get(name), out.get(module, {}).get(name)
+      if src is None or dst is None:
+        problems.append(f"  {module}/{name}: only in the {'target' if src is None else 'source'}")
+      elif src.shape != dst.shape:
+        problems.append(f"  {module}/{name}: source {src.shape} vs target {dst.shape}")
+      else:
+        out[module][name] = src.copy()
+  heads = [m for m in out if is_head(m)]
+  for module in heads:
+    problems += _copy_heads(source.get(module), source_games, out[module], game_names, module)
+  if problems:
+    raise ValueError(
+      "init_from: the source run's network does not fit the configured one "
+      f"({len(problems)} differences):\n" + "\n".join(problems[:20]) + "\nConfigure the same "
+      "torso, widths, spatial embedding, projection and atoms as the source run."
+    )
+  return out
+
+
+def _copy_heads(source, source_games, target, game_names, module) -> list[str]:
+  """Copies, in place, each shared game's head rows; returns the differences that prevent it."""
+  if source is None:
+    return [f"  {module}: only in the target"]
+  dim_src, dim = source["w"].shape[1], target["w"].shape[1]
+  if dim_src != dim:
+    return [f"  {module}/w: representation size {dim_src} in the source vs {dim} in the target"]
+  # Output slots are [A_max, N]: recover N from the two layouts' per-action sizes.
+  atoms_src = source["w"].shape[-1] // max(games.num_actions(g) for g in source_games)
+  atoms = target["w"].shape[-1] // max(games.num_actions(g) for g in game_names)
+  if atoms_src != atoms:
+    return [f"  {module}: {atoms_src} outputs per action in the source vs {atoms} in the target"]
+  for g, game in enumerate(game_names):
+    if game not in source_games:
+      continue
+    s, width = list(source_games).index(game), games.num_actions(game) * atoms
+    target["w"][g, :, :width] = source["w"][s, :, :width]
+    target["b"][g, :width] = source["b"][s, :width]
+  return []
