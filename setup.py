@@ -12,8 +12,7 @@ setuptools.setup(
   python_requires=">=3.11",
   packages=setuptools.find_packages(include=["scaled_ql", "scaled_ql.*", "data_prep"]),
   package_data={"scaled_ql": ["reference_scores.json"]},
-  # Lower bounds are the versions the tests and benchmarks ran with. rlax is not a
-  # dependency: rlax 0.1.9 fails to import with jax 0.10 (its distrax/TFP backend).
+  # Lower bounds are the versions the tests and benchmarks ran with.
   install_requires=[
     "absl-py>=2.5",
     "ale-py>=0.12.1",
@@ -30,14 +29,21 @@ setuptools.setup(
     "orbax-checkpoint>=0.12.8",
     "pandas<3",  # rliable 1.2.0 fails to import with pandas 3.
     "rliable>=1.2.0",
+    # rlax's distrax backend needs TensorFlow Probability from tfp-nightly with jax 0.10; the
+    # stable tensorflow-probability 0.25 breaks it (so dopamine-rl, which requires that, is
+    # installed without its dependencies: launch/setup.sh).
+    "rlax>=0.1.9",
+    "tfp-nightly>=0.26.0.dev20261027",
     "tensorboard>=2.21",
     "tensorflow>=2.21",
     "tfds-nightly",
     "tqdm>=4.70",
   ],
   extras_require={
-    # dopamine-rl's replay-buffer writer and sampler are the DQN Replay format reference.
-    "test": ["pytest>=9.2", "dopamine-rl==4.1.2"],
+    # dopamine-rl's replay-buffer writer and sampler, the DQN Replay format reference in tests,
+    # is installed by launch/setup.sh with --no-deps (its own requirements would replace
+    # tfp-nightly with tensorflow-probability 0.25, and add gym 0.25, tf-slim and pygame).
+    "test": ["pytest>=9.2"],
     "tpu": ["jax[tpu]"],
   },
 )

@@ -70,7 +70,9 @@ def raw_steps_and_time(game: str, num_envs: int, num_steps: int) -> tuple[int, f
   return num_steps * num_envs, elapsed
 
 
-def eval_steps_and_time(policy: types.Policy, game: str, num_envs: int, num_steps: int) -> tuple[int, float]:
+def eval_steps_and_time(
+  policy: types.Policy, game: str, num_envs: int, num_steps: int
+) -> tuple[int, float]:
   """(agent steps, seconds) of `evaluate`'s stepping loop (`wall_time_s` starts after reset)."""
   # 4 episodes per env capped at num_steps / 4: at most num_steps batched steps, and long
   # enough to include episode ends and autoresets.

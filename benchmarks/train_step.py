@@ -1,7 +1,7 @@
 """Train-step efficiency: FLOP/s against a plain 3x3 conv roof, and loop vs step alone.
 
 For the small CPU model and ResNet-18 at batch 32 (one device), both with the heads of
-LOOP_GAMES and built by `trainer.build_learner`, as the training loop builds them:
+LOOP_GAMES and built by `methods.ScaledQL.build`, as the training loop builds them:
   * step FLOP/s = FLOPs from XLA's cost analysis of the compiled step / measured step time;
   * roof = FLOP/s of a plain 3x3 convolution of the model's own stage-0 shape
     ([B, 21, 21, C0] -> C0), measured in the same run the same way;
@@ -33,18 +33,17 @@ import numpy as np
 from absl import app, flags
 
 from scaled_ql import (
-  config,
+  configurables,
   data,
   games,
-  losses,
-  metrics,
   networks,
-  optimizers,
+  runs,
   sharding,
   train_step,
   trainer,
   types,
 )
+from scaled_ql.methods.scaled_ql import ScaledQL
 
 _MODELS = flags.DEFINE_list("models", ["small", "resnet18"], "Torsos to measure.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
@@ -135,7 +134,7 @@ def loop_window_rates(torso: str, shard_dir: str) -> np.ndarray:
   The first window, which holds the compilation, is left out.
   """
   with tempfile.TemporaryDirectory() as workdir:
-    config.parse_gin(
+    configurables.parse_gin(
       ["base.gin"],
       [
         f"NetworkConfig.torso = '{torso}'",
@@ -148,9 +147,7 @@ def loop_window_rates(torso: str, shard_dir: str) -> np.ndarray:
       ],
     )
     trainer.train(workdir)
-    rates = [
-      row["steps_per_s"] for row in runs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    ]
+    rates = [row["steps_per_s"] for row in runs.read_jsonl(os.path.join(workdir, "metrics.jsonl"))]
   return np.array(rates[1:])
 
 
@@ -182,17 +179,17 @@ def _conv_window(batch_size: int, channels: int, calls: int, with_grads: bool = 
 
 def _build(torso: str, batch_size: int, shard_dir: str):
   """The step `trainer.train` runs for LOOP_GAMES (its learner), and one real batch."""
-  learner = trainer.build_learner(
-    LOOP_GAMES, networks.NetworkConfig(torso=torso), losses.LossConfig()
-  )
+  learner = ScaledQL(network=networks.NetworkConfig(torso=torso)).build(LOOP_GAMES)
+  mesh = sharding.make_mesh()
   dataset = data.ReplayDataset(shard_dir, LOOP_GAMES, runs=[1], local_batch_size=batch_size)
   try:
     batch = dataset.batch(0)
   finally:
     dataset.close()  # Its I/O threads and row pool must not share the measured cores.
-  network, optimizer, mesh = learner.network, learner.optimizer, learner.mesh
-  state = train_step.init_train_state(jax.random.PRNGKey(0), network, optimizer, batch, mesh=mesh)
-  step_fn = train_step.make_train_step(network, learner.loss_fn, optimizer, 2000, mesh=mesh)
+  state = train_step.init_train_state(
+    jax.random.PRNGKey(0), learner.init, learner.optimizer, mesh=mesh
+  )
+  step_fn = train_step.make_train_step(learner.loss_fn, learner.optimizer, 2000, mesh=mesh)
   return state, step_fn, batch
 
 
@@ -255,14 +252,12 @@ def compile_resnet101(mesh) -> None:
   num_actions = [games.num_actions(game) for game in games.TRAIN_GAMES]
   config = networks.NetworkConfig(torso="resnet101")
   counts = networks.count_params(config, num_actions)
-  network = networks.make_network(config, num_actions)
-  optimizer = optimizers.make_optimizer()
-  loss_fn = losses.make_loss(losses.LossConfig(), network.apply, len(num_actions))
+  learner = ScaledQL(network=config).build(games.TRAIN_GAMES)
   batch = random_batch(_BATCH_SIZE.value, len(num_actions), min(num_actions))
   state = jax.eval_shape(
-    lambda: train_step.init_train_state(jax.random.PRNGKey(0), network, optimizer, batch)
+    lambda: train_step.init_train_state(jax.random.PRNGKey(0), learner.init, learner.optimizer)
   )
-  step_fn = train_step.make_train_step(network, loss_fn, optimizer, 2000, mesh=mesh)
+  step_fn = train_step.make_train_step(learner.loss_fn, learner.optimizer, 2000, mesh=mesh)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, jax.eval_shape(lambda: sharding.put_batch(batch, mesh))).compile()
   print(

@@ -75,7 +75,7 @@ class Actor:
     """Builds the actor.
 
     Args:
-      envs: one `VectorEnv` per game; env i of game g is row `offset[g] + i` of the batch.
+      envs: one `VectorEnv` per game; the batch holds game 0's envs, then game 1's, ...
       policy: chooses actions for all N envs; None plays uniformly at random (epsilon 1, and
         nothing is called or observed).
       game_ids: the policy's head index of each game (its `game_id` input); default 0..G-1.
@@ -116,6 +116,8 @@ class Actor:
   def act(self, epsilon: float | np.ndarray) -> np.ndarray:
     """Epsilon-greedy actions for `self.obs`: int32 [N]; one policy call, checked.
 
+    `step` calls it; called alone it plays nothing (but draws from the exploration stream).
+
     Args:
       epsilon: probability of a uniformly random action, a float or float [N] per env.
     """
@@ -138,14 +140,17 @@ class Actor:
     random_actions = (self._rng.random(n) * self.num_actions).astype(np.int32)
     return np.where(explore, random_actions, greedy)
 
-  def step(self, epsilon: float | np.ndarray, active: Sequence[bool] | None = None) -> Step:
+  def step(
+    self, epsilon: float | np.ndarray, active: Sequence[bool] | np.ndarray | None = None
+  ) -> Step:
     """Acts on `self.obs` and steps the active games' envs once.
 
     Args:
       epsilon: probability of a uniformly random action, a float or float [N] per env.
       active: bool [G], which games to step (default all). The envs of an inactive game keep
         their observations, reward 0 and no episode end; the batch stays N wide, so a jitted
-        policy never recompiles. The policy's `observe` still sees all N rows.
+        policy never recompiles. The policy's `observe` still sees all N rows (for those envs:
+        the chosen action, which was not played, reward 0, not ended).
 
     Returns:
       The `Step`; `self.obs` now holds the next observations.
@@ -171,9 +176,15 @@ class Actor:
     self._episode_return += reward
     self._episode_length += stepped
     step = Step(
-      obs, action, reward, terminated, truncated, stepped,
-      self._episode_return.copy(), self._episode_length.copy(),
-    )  # fmt: skip
+      obs=obs,
+      action=action,
+      reward=reward,
+      terminated=terminated,
+      truncated=truncated,
+      stepped=stepped,
+      episode_return=self._episode_return.copy(),
+      episode_length=self._episode_length.copy(),
+    )
     self._episode_return[ended] = 0.0
     self._episode_length[ended] = 0
     self.obs = next_obs

@@ -76,9 +76,9 @@ class Checkpointer:
     """The data source's state saved with the checkpoint at `step` ({} if none was saved)."""
     if _DATA not in self._manager.item_metadata(step):
       return {}
-    return self._manager.restore(step, args=ocp.args.Composite(**{_DATA: ocp.args.PyTreeRestore()}))[
-      _DATA
-    ]
+    return self._manager.restore(
+      step, args=ocp.args.Composite(**{_DATA: ocp.args.PyTreeRestore()})
+    )[_DATA]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -10,8 +10,17 @@ from collections.abc import Sequence
 
 import gin
 
-from scaled_ql import atari, data, evaluate, games, initialization, losses, networks, optimizers
-from scaled_ql import trainer  # noqa: F401  (registers `train`)
+from scaled_ql import (
+  atari,
+  data,
+  evaluate,
+  games,
+  initialization,
+  losses,
+  networks,
+  optimizers,
+  trainer,  # noqa: F401  (registers `train`)
+)
 from scaled_ql.cli import UserError
 from scaled_ql.methods import bc, scaled_ql
 

@@ -1,7 +1,7 @@
 """Prints a configured network's parameter breakdown (shapes only: nothing is compiled).
 
-    python -m scaled_ql.count_params --gin_file=pretrain_near_optimal.gin
-    python -m scaled_ql.count_params --model=resnet101      (the 40 training games)
+python -m scaled_ql.count_params --gin_file=pretrain_near_optimal.gin
+python -m scaled_ql.count_params --model=resnet101      (the 40 training games)
 """
 
 import gin

@@ -66,8 +66,9 @@ def evaluate(
   no longer stepped.
 
   Args:
-    policy: (obs uint8[N,84,84,4], game_id int32[N]) -> greedy actions int[N], each an index
-      into that game's minimal action set; N is the total number of environments.
+    policy: a `types.Policy`: (obs uint8[N,84,84,4], game_id int32[N]) -> greedy actions
+      int[N], each an index into that game's minimal action set; N is the total number of
+      environments. It is told of every step (`observe`), so it may keep state per environment.
     game_names: games to play (names as in `scaled_ql.games`).
     num_episodes: episodes per game.
     game_ids: the policy's head index of each game; default 0..len(game_names)-1.
@@ -174,6 +175,7 @@ def _play(
       truncated=[e[2] for e in eps],
     )
   return per_game, agent_steps, wall_time_s
+
 
 # ---------------------------------------------------------------------------------------------
 # Periodic evaluation hook for the trainer.

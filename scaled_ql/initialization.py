@@ -60,10 +60,14 @@ class InitFrom:
     scale = self.torso_learning_rate_scale
     if scale == 1.0:
       return learner
-    shared = optax.set_to_zero() if scale == 0.0 else optax.chain(learner.optimizer, optax.scale(scale))
+    shared = (
+      optax.set_to_zero() if scale == 0.0 else optax.chain(learner.optimizer, optax.scale(scale))
+    )
     optimizer = optax.multi_transform(
       {"per_game": learner.optimizer, "shared": shared},
-      lambda params: jax.tree.map(lambda head: "per_game" if head else "shared", learner.per_game(params)),
+      lambda params: jax.tree.map(
+        lambda head: "per_game" if head else "shared", learner.per_game(params)
+      ),
     )
     return learner._replace(optimizer=optimizer)
 

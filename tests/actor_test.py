@@ -27,6 +27,9 @@ def _constant(action):
   return types.FunctionPolicy(lambda obs, game_id: np.full(len(obs), action, np.int32))
 
 
+NOOP = _constant(0)
+
+
 class _Recorder(types.Policy):
   """A stateful policy: random greedy actions, a per-env step counter reset on `ended` (what a
   Decision Transformer's context does), and a log of everything it is told."""
@@ -97,7 +100,7 @@ def test_stateful_policy_observes_played_actions_and_every_episode_end():
   (env,) = _envs([("Breakout", 2)], max_episode_steps=150)
   try:
     np.testing.assert_array_equal(env.reset(), first_obs)
-    for t, step in enumerate(steps):
+    for t in range(len(steps)):
       obs, reward, terminated, truncated = env.step(played[t])
       np.testing.assert_array_equal(terminated | truncated, ended[t])
       np.testing.assert_array_equal(reward, policy.observed[t][1])
@@ -174,7 +177,7 @@ def test_two_games_with_different_action_counts_share_one_batch():
 
 
 def test_same_seed_same_trajectory():
-  def trajectory(rng_seed, policy=_constant(0)):
+  def trajectory(rng_seed, policy=NOOP):
     envs = _envs([("Breakout", 2), ("Pong", 2)], max_episode_steps=50, seed=3)
     try:
       actor = actor_lib.Actor(envs, policy, rng=rng_seed)

@@ -183,3 +183,26 @@ def test_epsilon_greedy_over_a_policy(tmp_path):
   schedule = [collect.epsilon_for("schedule", k, 5, 0.01, 1.0, 0.1) for k in range(5)]
   np.testing.assert_allclose(schedule, [1.0, 0.775, 0.55, 0.325, 0.1])
   assert collect.epsilon_for("random", 3, 5, 0.01, 1.0, 0.1) == 1.0
+
+
+def test_a_multi_game_policy_plays_one_game_with_its_head():
+  """`load_greedy_policy`'s wrapper: the run's head of the collected game, observe forwarded."""
+
+  class Recorder(types.Policy):
+    def __init__(self):
+      self.game_ids, self.observed = [], []
+
+    def __call__(self, obs, game_id):
+      self.game_ids.append(game_id.copy())
+      return np.zeros(len(obs), np.int32)
+
+    def observe(self, action, reward, ended):
+      self.observed.append(ended.copy())
+
+  inner = Recorder()
+  policy = collect._OneGamePolicy(inner, game_id=4)
+  policy(np.zeros((2, 84, 84, 4), np.uint8), np.zeros(2, np.int32))
+  policy.observe(np.zeros(2, np.int32), np.zeros(2, np.float32), np.array([True, False]))
+  np.testing.assert_array_equal(inner.game_ids[0], [4, 4])
+  assert inner.game_ids[0].dtype == np.int32
+  np.testing.assert_array_equal(inner.observed[0], [True, False])

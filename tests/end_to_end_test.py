@@ -262,8 +262,16 @@ def test_a_changed_configuration_is_not_resumed(shard_dir, tmp_path):
 
 def test_a_run_starts_from_another_runs_checkpoint(shard_dir, tmp_path):
   source, finetuned = str(tmp_path / "breakout"), str(tmp_path / "finetuned")
-  run("scaled_ql.pretrain", *pretrain_args(source, shard_dir, "train.game_names = ['Breakout']",
-                                           "train.num_grad_steps = 3", "train.eval_fn = None"))
+  run(
+    "scaled_ql.pretrain",
+    *pretrain_args(
+      source,
+      shard_dir,
+      "train.game_names = ['Breakout']",
+      "train.num_grad_steps = 3",
+      "train.eval_fn = None",
+    ),
+  )
   # Pong is new (6 actions), Breakout's head comes from the source; the torso is frozen.
   out = run("scaled_ql.pretrain", *pretrain_args(
     finetuned, shard_dir, "train.game_names = ['Pong', 'Breakout']", "train.num_grad_steps = 2",

@@ -11,7 +11,6 @@ import pytest
 
 from scaled_ql import atari, evaluate, games, runs, types
 
-
 _noop_policy = types.FunctionPolicy(lambda obs, game_id: np.zeros(len(obs), np.int32))
 
 
@@ -83,8 +82,8 @@ def test_one_batched_policy_call_per_step_with_game_ids():
     return np.zeros(len(obs), np.int32)
 
   protocol = atari.Protocol(max_episode_steps=10)
-  results = evaluate.evaluate(types.FunctionPolicy(policy), ["Breakout", "Pong"], 2, game_ids=[7, 3],
-                              protocol=protocol, epsilon=0.0)  # fmt: skip
+  results = evaluate.evaluate(types.FunctionPolicy(policy), ["Breakout", "Pong"], 2,
+                              game_ids=[7, 3], protocol=protocol, epsilon=0.0)  # fmt: skip
   # 2 games x 2 envs, every env plays one 10-step episode: 10 steps, one call each.
   assert len(calls) == 10
   for shape, dtype, game_id in calls:

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from scaled_ql import checkpointing, networks, optimizers, trainer
+from scaled_ql import atari, checkpointing, networks, optimizers, runs, trainer
+from scaled_ql.data import replay_buffer
 from scaled_ql.methods.scaled_ql import ScaledQL
 
 SMALL = networks.NetworkConfig(torso="small", widths=(8, 8, 8, 8), projection_dim=16)
@@ -68,3 +69,48 @@ def test_gradients_are_clipped_to_max_grad_norm_before_adam():
   # Adam's second moment saw the clipped gradient (3, 4, 0, 0): (1 - b2) * g^2.
   np.testing.assert_allclose(adam_state.nu["w"], 0.1 * np.array([9.0, 16.0, 0.0, 0.0]), rtol=1e-6)
   assert isinstance(optimizers.make_optimizer(), optax.GradientTransformation)
+
+
+def _played_buffer(local_batch_size: int, seed: int) -> replay_buffer.ReplayBuffer:
+  """A replay buffer filled by random play of real Breakout (2 envs, 30-step episodes)."""
+  buffer = replay_buffer.ReplayBuffer(
+    capacity=400, num_envs=2, n_step=3, seed=seed, local_batch_size=local_batch_size
+  )
+  protocol = atari.Protocol(max_episode_steps=30)
+  rng = np.random.default_rng(0)
+  with atari.VectorEnv("Breakout", 2, protocol=protocol, seed=0) as env:
+    obs = env.reset()
+    for _ in range(150):
+      action = rng.integers(env.num_actions, size=2)
+      next_obs, reward, terminated, truncated = env.step(action)
+      buffer.add(obs, action, reward, terminated | truncated)
+      obs = next_obs
+  return buffer
+
+
+def test_a_source_fed_by_acting_is_checkpointed_and_restored(tmp_path):
+  workdir, sources = str(tmp_path / "run"), []
+
+  def dataset_fn(game_names, local_batch_size, seed, process_index, process_count):
+    del game_names, process_index, process_count
+    # The first run plays; a resumed run starts empty and must get the rows from the checkpoint.
+    source = (
+      _played_buffer(local_batch_size, seed)
+      if not sources
+      else replay_buffer.ReplayBuffer(400, 2, seed=seed, local_batch_size=local_batch_size)
+    )
+    sources.append(source)
+    return source
+
+  method = ScaledQL(network=SMALL, target_update_period=2)
+  common = dict(game_names=["Breakout"], dataset_fn=dataset_fn, method=method,
+                global_batch_size=4, log_every_steps=1, checkpoint_every_steps=3)  # fmt: skip
+  trainer.train(workdir, num_grad_steps=3, **common)
+  saved = sources[0].state()
+  trainer.train(workdir, num_grad_steps=5, **common)
+  restored = sources[1]
+  for key, value in saved.items():
+    np.testing.assert_array_equal(restored.state()[key], value, err_msg=key)
+  assert restored.batch(7).obs.shape == (4, 84, 84, 4)
+  rows = [r["step"] for r in runs.read_metrics(workdir) if "loss" in r]
+  assert rows == [1, 2, 3, 4, 5]

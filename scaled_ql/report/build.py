@@ -233,8 +233,7 @@ def build_report(
     for q in tables.QUALITIES:
       if not any(g[:2] == (method, q) for g in groups_used):
         left_out.append(
-          f"main table: no evaluated {tables.METHOD_NAMES[method]} runs on {q} data "
-          "(cell shows —)"
+          f"main table: no evaluated {tables.METHOD_NAMES[method]} runs on {q} data (cell shows —)"
         )
   tables.main_table(output, estimates, groups_used, references)
   tables.write_table(

@@ -107,7 +107,7 @@ def test_rows_and_transitions_equal_the_files_and_dopamine(played, streams):
       stream_ids, rows = buf.valid_states()
       for e in range(NUM_ENVS):
         np.testing.assert_array_equal(rows[stream_ids == e], _expected_valid(streams[e], t, 500))
-  state = buf.state()
+  state, (stream_ids, all_rows) = buf.state(), buf.valid_states()
   for e in range(NUM_ENVS):
     s = streams[e]
     count = s["count"][-1]
@@ -115,7 +115,7 @@ def test_rows_and_transitions_equal_the_files_and_dopamine(played, streams):
     for name, key in [("frame", "observation"), ("action", "action"), ("reward", "reward")]:
       np.testing.assert_array_equal(state[key][e, :count], s[name], err_msg=name)
     np.testing.assert_array_equal(state["terminal"][e, :count], s["terminal"])
-    rows = buf.valid_states()[1][buf.valid_states()[0] == e]
+    rows = all_rows[stream_ids == e]
     _check_transitions(buf, streams, e, rows)
     # Dopamine's own buffer, fed the same play, holds the same rows and the same transitions.
     dop = _dopamine_stream(streams, e, 500)

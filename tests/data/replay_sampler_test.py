@@ -175,7 +175,9 @@ def test_every_valid_state_is_equally_likely(mixed_validity_shard_dir):
     batch = ds.batch(step)
     buffers = pool.buffer_of_slot
     num_valid = pool.num_valid[buffers]  # [S]
-    num_short = [np.sum(pool.action[b, :v] == 1) for b, v in zip(buffers, num_valid)]  # [S]
+    num_short = [
+      np.sum(pool.action[b, :v] == 1) for b, v in zip(buffers, num_valid, strict=True)
+    ]  # [S]
     p = np.sum(num_short) / np.sum(num_valid)
     assert 0.05 < p < 0.5  # the pool holds chunks of both kinds
     observed += np.sum(batch.action == 1)
