@@ -139,9 +139,7 @@ class RunStream:
     last = (add_count - 1) % self.capacity
     if not terminal[last]:
       terminal[last] = 1
-      tmp = f"{path}.tmp-{os.getpid()}"
-      dqn_replay.write_npy_gz(tmp, terminal)
-      os.replace(tmp, path)
+      dqn_replay.write_npy_gz_atomically(path, terminal)
 
   @property
   def done(self) -> bool:

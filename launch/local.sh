@@ -18,7 +18,7 @@ if [ -e "$WORKDIR/scaled_ql" ] && [ ! -e "$WORKDIR/behaviour" ]; then
   exit 2
 fi
 # The games are local.gin's own `train.game_names`.
-GAMES=$($PY -c "import gin; from scaled_ql import config; config.parse_gin(['local.gin'], []); \
+GAMES=$($PY -c "import gin; from scaled_ql import configurables; configurables.parse_gin(['local.gin'], []); \
 print(','.join(gin.query_parameter('train.game_names')))")
 SHARDS="data.ReplayDataset.shard_dir = '$WORKDIR/shards'"
 

@@ -51,10 +51,10 @@ class TrainState(NamedTuple):
 def _init(rng, init_fn, optimizer, target, ema) -> TrainState:
   init_rng, train_rng = jax.random.split(rng)
   params = init_fn(init_rng)
-  return _state_from_params(params, optimizer, train_rng, target, ema)
+  return _state_from_params(params, train_rng, optimizer, target, ema)
 
 
-def _state_from_params(params, optimizer, rng, target, ema) -> TrainState:
+def _state_from_params(params, rng, optimizer, target, ema) -> TrainState:
   # Separate buffers: params, target_params and ema_params are donated together in the step.
   target_params = jax.tree.map(jnp.copy, params) if target else None
   ema_params = jax.tree.map(jnp.copy, params) if ema else None

@@ -292,6 +292,13 @@ def write_npy_gz(path: str, array: np.ndarray) -> None:
     np.save(f, array, allow_pickle=False)
 
 
+def write_npy_gz_atomically(path: str, array: np.ndarray) -> None:
+  """`write_npy_gz` through a `*.tmp-{pid}` file renamed at the end: a kill leaves no torn file."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  write_npy_gz(tmp, array)
+  os.replace(tmp, path)
+
+
 class SuffixStreamWriter:
   """Writes one suffix whose rows arrive in buffer order, with bounded memory.
 
@@ -338,10 +345,7 @@ class SuffixStreamWriter:
       "add_count": np.array(add_count, np.int64),
     }
     for name, array in items.items():
-      final = filename(self.directory, name, self.suffix)
-      tmp = f"{final}.tmp-{os.getpid()}"
-      write_npy_gz(tmp, array)
-      os.replace(tmp, final)
+      write_npy_gz_atomically(filename(self.directory, name, self.suffix), array)
 
   def abort(self) -> None:
     self._gz.close()

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from scaled_ql import runs
 from scaled_ql.data import dqn_replay
 
 FORMAT_VERSION = 1
@@ -53,10 +54,8 @@ def suffix_dir(shard_dir: str, game: str, run: int, suffix: int) -> str:
 
 def write_meta(directory: str, meta: dict) -> None:
   """Atomically writes `meta.json`, which marks a converted suffix complete."""
-  tmp = os.path.join(directory, f"meta.json.tmp-{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump(dict(meta, format_version=FORMAT_VERSION), f, indent=1)
-  os.replace(tmp, os.path.join(directory, "meta.json"))
+  text = json.dumps(dict(meta, format_version=FORMAT_VERSION), indent=1)
+  runs.write_atomically(os.path.join(directory, "meta.json"), text)
 
 
 def read_meta(directory: str) -> dict | None:
