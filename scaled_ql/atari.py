@@ -271,7 +271,6 @@ class VectorEnv:
   backends: same seeds give the same distribution, not the same episodes.
 
   Attributes:
-    autoreset_next_step: always False (the same-step autoreset described above).
     num_envs: N.
     num_actions: size of the action set (minimal, or 18 with `protocol.full_action_set`).
     uses_ale_vector: whether the C++ backend is used.
@@ -307,7 +306,6 @@ class VectorEnv:
       games.MAX_NUM_ACTIONS if protocol.full_action_set else games.num_actions(game)
     )
     self.uses_ale_vector = variant == 0 and protocol.jpeg_quality is None
-    self.autoreset_next_step = False
     self._seed = seed
     self._episode_step = np.zeros(num_envs, np.int32)
     self.last_info: dict[str, np.ndarray] = {}

@@ -22,7 +22,8 @@ from scaled_ql import (
   trainer,  # noqa: F401  (registers `train`)
 )
 from scaled_ql.cli import UserError
-from scaled_ql.methods import bc, scaled_ql
+from scaled_ql.methods.bc import BC
+from scaled_ql.methods.scaled_ql import ScaledQL
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
 
@@ -30,8 +31,8 @@ gin.external_configurable(networks.NetworkConfig, module="networks")
 gin.external_configurable(losses.C51, module="losses")
 gin.external_configurable(losses.MSE, module="losses")
 gin.external_configurable(optimizers.make_optimizer, module="optimizers")
-gin.external_configurable(scaled_ql.ScaledQL, module="methods")
-gin.external_configurable(bc.BC, module="methods")
+gin.external_configurable(ScaledQL, module="methods")
+gin.external_configurable(BC, module="methods")
 gin.external_configurable(initialization.InitFrom, module="initialization")
 # The trainer passes these itself: a binding of them would be silently overridden.
 gin.external_configurable(

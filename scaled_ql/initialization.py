@@ -13,6 +13,7 @@ shared layers at a lower learning rate or freeze them (`torso_learning_rate_scal
 """
 
 import dataclasses
+import functools
 import os
 import re
 
@@ -22,7 +23,7 @@ from absl import logging
 
 from scaled_ql import checkpointing, sharding
 from scaled_ql import train_step as train_step_lib
-from scaled_ql.methods import base
+from scaled_ql.methods import base, loading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,8 @@ class InitFrom:
     params: "params" or "ema_params" of the source; default: those its policy acts with.
     torso_learning_rate_scale: multiplies the updates of the shared (not per-game) parameters:
       1 trains everything alike, 0 freezes the torso (no optimizer state is kept for it).
+      Below 1 the method's optimizer runs separately on the two groups, so a global-norm
+      clipping (`make_optimizer.max_grad_norm`) clips each group by its own norm.
   """
 
   source: str
@@ -75,9 +78,9 @@ class InitFrom:
 def transferred_params(init_from: InitFrom, learner: base.Learner, game_names, rng):
   """Fresh parameters for `game_names` with `init_from`'s source carried over (host arrays)."""
   run, step = init_from.run_and_step()
-  source, _, info, step = base.restore_params(run, step, init_from.params)
+  source, _, info, step = loading.restore_params(run, step, init_from.params)
   fresh = jax.jit(learner.init)(jax.random.split(rng)[0])  # The same draw as from scratch.
-  params = learner.transfer(source, info["game_names"], fresh)
+  params = learner.transfer(source, info, fresh)
   new = [g for g in game_names if g not in info["game_names"]]
   logging.info("init_from %s step %d: shared layers and the heads of %s copied; new heads: %s.",
                run, step, [g for g in game_names if g in info["game_names"]], new)  # fmt: skip
@@ -113,13 +116,15 @@ def restore_or_init(
   static = dict(mesh=mesh, fsdp=fsdp, target=learner.target_update_period is not None, ema=ema)
   step = checkpointer.latest_step()
   if step is not None:
-    shapes = jax.eval_shape(lambda: train_step_lib.init_train_state(rng, learner.init,
-                                                                    learner.optimizer, **static))  # fmt: skip
+    init = functools.partial(train_step_lib.init_train_state, rng, learner.init, learner.optimizer)
+    shapes = jax.eval_shape(lambda: init(**static))
     state = checkpointer.restore(sharding.replicated_shapes(shapes, mesh, fsdp), step)
     logging.info("Resumed from the checkpoint at step %d.", step)
     return state, checkpointer.restore_data(step)
   params = None
   if init_from is not None:
     params = transferred_params(init_from, learner, game_names, rng)
-  return train_step_lib.init_train_state(rng, learner.init, learner.optimizer, params=params,
-                                         **static), {}  # fmt: skip
+  state = train_step_lib.init_train_state(
+    rng, learner.init, learner.optimizer, params=params, **static
+  )
+  return state, {}

@@ -7,6 +7,7 @@ an offline source's batches are a pure function of (seed, step), a source fed by
 restored from the checkpoint, so the data stream continues exactly where it stopped.
 """
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,11 +19,11 @@ from absl import logging
 
 from scaled_ql import checkpointing, games, initialization, metrics, runs, sharding
 from scaled_ql import train_step as train_step_lib
-from scaled_ql.methods import base
+from scaled_ql.methods import base, loading
 
 # Fields that must not change when a run resumes (num_grad_steps and evaluation may).
 _IDENTITY_FIELDS = ("game_names", "seed", "global_batch_size", "method", "method_class",
-                    "method_config", "ema_decay")  # fmt: skip
+                    "method_config", "ema_decay", "init_from")  # fmt: skip
 
 
 @gin.configurable(denylist=["workdir"])
@@ -84,18 +85,17 @@ def train(
       f"process(es) and then over each process's {jax.local_device_count()} device(s)."
     )
   run_info = dict(
-    **base.method_record(method),
+    **loading.method_record(method),
     phase=phase,
     init="pretrained" if init_from else "scratch",
-    init_from=init_from and init_from.source,
+    init_from=init_from and dataclasses.asdict(init_from),
     game_names=list(game_names),
     seed=seed,
     global_batch_size=global_batch_size,
     num_grad_steps=num_grad_steps,
     ema_decay=ema_decay,
   )
-  resuming = checkpointing.has_checkpoint(workdir)
-  if resuming:
+  if checkpointing.has_checkpoint(workdir):
     runs.check_same_run(workdir, run_info, _IDENTITY_FIELDS)
   learner = method.build(game_names)
   if init_from is not None:
@@ -112,8 +112,14 @@ def train(
   mesh = sharding.make_mesh()
   checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
   state, data_state = initialization.restore_or_init(
-    checkpointer, learner, game_names, seed, mesh, fsdp, ema_decay > 0, init_from
-  )
+    checkpointer, learner, game_names, seed, mesh, fsdp=fsdp, ema=ema_decay > 0,
+    init_from=init_from,
+  )  # fmt: skip
+  if jax.process_count() > 1 and (data_state or dataset.state()):
+    raise ValueError(
+      f"{type(dataset).__name__} keeps state (rows gathered by acting), which is checkpointed "
+      "for one process only; run it with one process."
+    )
   dataset.restore(data_state)
   start_step = int(state.step)
   if start_step >= num_grad_steps:
@@ -146,6 +152,11 @@ def train(
     disable=jax.process_index() != 0,
   )
 
+  def current_policy():
+    """A policy on the current parameters, for a source that acts; valid until the next step
+    (the step donates the state), so a source asks for it anew before each batch."""
+    return learner.make_policy(evaluated_params(state))
+
   def run_eval(step: int) -> dict[str, float]:
     policy = learner.make_policy(evaluated_params(state))
     eval_scalars = eval_fn(policy, game_names, step, workdir)
@@ -158,7 +169,7 @@ def train(
   # first non-finite step.
   last_logged, window_start, window_time = {}, start_step, time.time()
   step, window = start_step, []
-  batches = dataset.iterate(start_step)
+  batches = dataset.iterate(start_step, current_policy)
   try:
     while step < num_grad_steps:
       batch = next(batches)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scaled_ql import cli, configurables, games, networks
-from scaled_ql.methods import base
+from scaled_ql.methods import loading
 
 GIN_FILES = sorted(
   str(p.relative_to(configurables.GIN_DIR))
@@ -33,7 +33,7 @@ def test_gin_file_builds(gin_file):
   games.validate_games(game_names)
   method = bindings["method"]
   learner = method.build(game_names)
-  assert base.load_method(base.method_record(method)).config() == method.config()
+  assert loading.load_method(loading.method_record(method)).config() == method.config()
   if not fragment:  # Runnable files set the run's length and batch.
     assert bindings["num_grad_steps"] > 0 and bindings["global_batch_size"] > 0
   shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0))

@@ -59,6 +59,14 @@ def test_the_model_layer_imports_no_data_config_entry_point_or_tensorflow(model_
   assert not forbidden, f"{model_module} reaches {forbidden}"
 
 
+def test_the_network_loads_no_tensorflow_at_run_time():
+  # losses.py's only TensorFlow is rlax's: its TFP JAX backend imports TensorFlow when it is
+  # installed (to copy docstrings), which no import of ours can avoid; the network has none.
+  code = "import sys, scaled_ql.networks; print('tensorflow' in sys.modules)"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-3000:]
+
+
 def test_the_data_layer_never_imports_the_learner():
   for path in sorted((ROOT / "scaled_ql" / "data").glob("*.py")):
     name = "scaled_ql.data." + path.stem if path.stem != "__init__" else "scaled_ql.data"

@@ -1,5 +1,6 @@
 """The methods: Scaled QL and BC losses, rebuilding a method from run_info, parameter transfer."""
 
+import dataclasses
 import json
 
 import jax
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from scaled_ql import games, losses, networks, types
-from scaled_ql.methods import base, bc, q_network
+from scaled_ql.methods import bc, loading, q_network
 from scaled_ql.methods.scaled_ql import ScaledQL
 from scaled_ql.networks import ILLEGAL_ACTION_VALUE
 
@@ -92,11 +93,11 @@ def test_td_loss_and_network_must_agree():
 
 @pytest.mark.parametrize("method", [ScaledQL(network=SMALL, cql_alpha=0.3), bc.BC(network=SMALL)])
 def test_a_method_is_rebuilt_from_its_run_info(method):
-  record = json.loads(json.dumps(base.method_record(method)))  # As stored in run_info.json.
-  rebuilt = base.load_method(record)
+  record = json.loads(json.dumps(loading.method_record(method)))  # As stored in run_info.json.
+  rebuilt = loading.load_method(record)
   assert rebuilt == method
   with pytest.raises(ValueError, match="records no method_class"):
-    base.load_method({"method": "scaled_ql"})
+    loading.load_method({"method": "scaled_ql"})
 
 
 def test_greedy_policy_plays_only_the_games_own_actions():
@@ -110,12 +111,18 @@ def test_greedy_policy_plays_only_the_games_own_actions():
   assert actions[0] < games.num_actions("Breakout") and actions[1] == 8
 
 
+def _run_info(method, game_names):
+  """What a run's run_info.json says of its games and method (as stored: JSON)."""
+  return json.loads(json.dumps({"game_names": game_names, **loading.method_record(method)}))
+
+
 def test_transfer_copies_shared_layers_and_maps_heads_by_game():
   source_games, target_games = ["Breakout", "Pong"], ["Asterix", "Breakout"]
   source = ScaledQL(network=SMALL).build(source_games).init(jax.random.PRNGKey(1))
+  info = _run_info(ScaledQL(network=SMALL), source_games)
   learner = ScaledQL(network=SMALL).build(target_games)
   fresh = learner.init(jax.random.PRNGKey(2))
-  params = learner.transfer(source, source_games, fresh)
+  params = learner.transfer(source, info, fresh)
   for module in params:
     for name in params[module]:
       if not q_network.is_head(module):
@@ -125,8 +132,12 @@ def test_transfer_copies_shared_layers_and_maps_heads_by_game():
   np.testing.assert_array_equal(w[1, :, :breakout], w_src[0, :, :breakout])  # Breakout's head.
   np.testing.assert_array_equal(w[0], w_fresh[0])  # Asterix is new: its fresh head.
   assert w.shape[-1] == games.num_actions("Asterix") * 51
-  other = ScaledQL(network=networks.NetworkConfig(torso="small", projection_dim=16)).build(
-    target_games
-  )  # The small torso's default widths, not (8, 8, 8, 8).
-  with pytest.raises(ValueError, match="does not fit the configured one"):
-    other.transfer(source, source_games, other.init(jax.random.PRNGKey(2)))
+  # The same shapes, other meaning (GroupNorm's groups): refused, naming the field.
+  regrouped = ScaledQL(network=dataclasses.replace(SMALL, num_groups=4)).build(target_games)
+  with pytest.raises(ValueError, match="num_groups: source 32 vs configured 4"):
+    regrouped.transfer(source, info, fresh)
+  # A layer of another shape in a source whose record was edited: named, not copied.
+  edited = _run_info(ScaledQL(network=dataclasses.replace(SMALL, projection_dim=32)), source_games)
+  wider = ScaledQL(network=dataclasses.replace(SMALL, projection_dim=32)).build(target_games)
+  with pytest.raises(ValueError, match="projection/w: source"):
+    wider.transfer(source, edited, wider.init(jax.random.PRNGKey(2)))

@@ -1,5 +1,6 @@
 """The trainer's configuration checks and checkpoints (the loop runs in end_to_end_test.py)."""
 
+import itertools
 from typing import NamedTuple
 
 import jax
@@ -9,7 +10,9 @@ import optax
 import pytest
 
 from scaled_ql import atari, checkpointing, networks, optimizers, runs, trainer
+from scaled_ql.actor import Actor
 from scaled_ql.data import replay_buffer
+from scaled_ql.methods.bc import BC
 from scaled_ql.methods.scaled_ql import ScaledQL
 
 SMALL = networks.NetworkConfig(torso="small", widths=(8, 8, 8, 8), projection_dim=16)
@@ -71,46 +74,50 @@ def test_gradients_are_clipped_to_max_grad_norm_before_adam():
   assert isinstance(optimizers.make_optimizer(), optax.GradientTransformation)
 
 
-def _played_buffer(local_batch_size: int, seed: int) -> replay_buffer.ReplayBuffer:
-  """A replay buffer filled by random play of real Breakout (2 envs, 30-step episodes)."""
-  buffer = replay_buffer.ReplayBuffer(
-    capacity=400, num_envs=2, n_step=3, seed=seed, local_batch_size=local_batch_size
-  )
-  protocol = atari.Protocol(max_episode_steps=30)
-  rng = np.random.default_rng(0)
-  with atari.VectorEnv("Breakout", 2, protocol=protocol, seed=0) as env:
-    obs = env.reset()
-    for _ in range(150):
-      action = rng.integers(env.num_actions, size=2)
-      next_obs, reward, terminated, truncated = env.step(action)
-      buffer.add(obs, action, reward, terminated | truncated)
-      obs = next_obs
-  return buffer
+class _ActingSource(replay_buffer.ReplayBuffer):
+  """Online training in miniature: before each batch, one step of real Breakout (2 envs)
+  with the learner's current policy, epsilon 0.5, into the replay buffer."""
+
+  def __init__(self, local_batch_size, seed):
+    super().__init__(capacity=400, num_envs=2, seed=seed, local_batch_size=local_batch_size)
+    self.env = atari.VectorEnv("Breakout", 2, protocol=atari.Protocol(max_episode_steps=30))
+    self.policies = []
+
+  def iterate(self, start_step, current_policy=None):
+    actor = Actor([self.env], policy=None)  # Uniformly random play first.
+    actor.reset()
+    for _ in range(40):  # Enough rows for a first batch, with random play.
+      step = actor.step(1.0)
+      self.add(step.obs, step.action, step.reward, step.ended)
+    for step_index in itertools.count(start_step):
+      actor.policy = current_policy()  # Valid until the next gradient step.
+      self.policies.append(actor.policy)
+      step = actor.step(0.5)
+      self.add(step.obs, step.action, step.reward, step.ended)
+      yield self.batch(step_index)
+
+  def close(self):
+    self.env.close()
 
 
-def test_a_source_fed_by_acting_is_checkpointed_and_restored(tmp_path):
+@pytest.mark.parametrize("method", [ScaledQL(network=SMALL, target_update_period=2), BC(SMALL)])
+def test_a_source_that_acts_is_checkpointed_and_restored(tmp_path, method):
   workdir, sources = str(tmp_path / "run"), []
 
   def dataset_fn(game_names, local_batch_size, seed, process_index, process_count):
     del game_names, process_index, process_count
-    # The first run plays; a resumed run starts empty and must get the rows from the checkpoint.
-    source = (
-      _played_buffer(local_batch_size, seed)
-      if not sources
-      else replay_buffer.ReplayBuffer(400, 2, seed=seed, local_batch_size=local_batch_size)
-    )
-    sources.append(source)
-    return source
+    sources.append(_ActingSource(local_batch_size, seed))
+    return sources[-1]
 
-  method = ScaledQL(network=SMALL, target_update_period=2)
   common = dict(game_names=["Breakout"], dataset_fn=dataset_fn, method=method,
                 global_batch_size=4, log_every_steps=1, checkpoint_every_steps=3)  # fmt: skip
   trainer.train(workdir, num_grad_steps=3, **common)
-  saved = sources[0].state()
+  first = sources[0]
+  assert len(first.policies) == 3 and len({id(p) for p in first.policies}) == 3
+  saved = checkpointing.Checkpointer(workdir).restore_data(3)
+  np.testing.assert_array_equal(saved["add_count"], first.state()["add_count"])
+  # The resumed run's source starts from the checkpoint's rows (then plays 40 + 2 more steps).
   trainer.train(workdir, num_grad_steps=5, **common)
-  restored = sources[1]
-  for key, value in saved.items():
-    np.testing.assert_array_equal(restored.state()[key], value, err_msg=key)
-  assert restored.batch(7).obs.shape == (4, 84, 84, 4)
+  assert (sources[1].state()["add_count"] >= saved["add_count"] + 42).all()
   rows = [r["step"] for r in runs.read_metrics(workdir) if "loss" in r]
   assert rows == [1, 2, 3, 4, 5]

@@ -116,6 +116,9 @@ class ChunkPool:
       raise dqn_replay.DataError(
         f"{self.game_names[game]}: no valid transitions in this host's data"
       )
+    # Shards converted before convert checked actions against the game: check them here too.
+    where = ", ".join(part.directory for part in segment.parts)
+    dqn_replay.check_actions(where, action[valid], self.game_names[game])
     stack_frames_into(frames[: len(action)], self.stacks[buffer, : len(action) - (STACK - 1)])
     v = len(valid)
     self.valid[buffer, :v], self.ret[buffer, :v] = valid, ret

@@ -205,8 +205,9 @@ class ReplayBuffer(source.DataSource):
       game_id=np.full(len(e), self.game_id, np.int32),
     )
 
-  def iterate(self, start_step: int) -> Iterator[types.Batch]:
-    """Yields batch(start_step), batch(start_step + 1), ... (the caller acts in between)."""
+  def iterate(self, start_step: int, current_policy=None) -> Iterator[types.Batch]:
+    """Yields batch(start_step), batch(start_step + 1), ... (whoever fills it acts in between;
+    `current_policy` is unused: this buffer does not act itself)."""
     for step in itertools.count(start_step):
       yield self.batch(step)
 

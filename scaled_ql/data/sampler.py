@@ -236,11 +236,12 @@ class ReplayDataset(DataSource):
     pool.prefetch(step)
     return batch
 
-  def iterate(self, start_step: int, prefetch: int = 2) -> Iterator[Batch]:
+  def iterate(self, start_step: int, current_policy=None, prefetch: int = 2) -> Iterator[Batch]:
     """Yields `batch(start_step)`, `batch(start_step + 1)`, ... computed in a background thread.
 
     Args:
       start_step: first step (the trainer's restored step when resuming).
+      current_policy: unused (offline data does not act).
       prefetch: batches computed ahead.
     """
     out: queue.Queue = queue.Queue(maxsize=max(1, prefetch))

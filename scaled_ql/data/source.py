@@ -6,14 +6,15 @@ source (`ReplayDataset`) makes each batch a pure function of (seed, step), so it
 the step and it has no state of its own; a source fed by acting (`replay_buffer.ReplayBuffer`)
 returns its contents and position in `state()`, which the trainer saves in every checkpoint
 and gives back through `restore` on resume. The data layer never imports the learner: a source
-that acts is given a `types.Policy` by whoever builds it.
+that acts gets `current_policy` from the trainer's `iterate` call: a callable that makes a
+`types.Policy` on the current parameters.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from scaled_ql.types import Batch
+from scaled_ql.types import Batch, Policy
 
 
 class DataSource:
@@ -22,8 +23,17 @@ class DataSource:
   # "near_optimal" / "low_quality" when the selection is one of the paper's (for reports).
   data_quality: str | None = None
 
-  def iterate(self, start_step: int) -> Iterator[Batch]:
-    """Yields the host-local batches of steps start_step, start_step + 1, ..."""
+  def iterate(
+    self, start_step: int, current_policy: Callable[[], Policy] | None = None
+  ) -> Iterator[Batch]:
+    """Yields the host-local batches of steps start_step, start_step + 1, ...
+
+    Args:
+      start_step: the first step (the restored step when resuming).
+      current_policy: () -> a `types.Policy` on the learner's current parameters, for a source
+        that acts between batches. Call it anew for each batch, in the thread that iterates:
+        the policy is valid only until the next gradient step (which donates the parameters).
+    """
     raise NotImplementedError
 
   def describe(self) -> str:

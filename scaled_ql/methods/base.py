@@ -1,22 +1,19 @@
-"""The method seam: what a method builds for the trainer, and rebuilding a run's method.
+"""The method seam: what a method builds for the trainer.
 
     method = ScaledQL(network=..., td_loss=C51(), cql_alpha=0.05)     (a gin-bound dataclass)
     learner = method.build(game_names)                               (everything but data, state)
     trainer: params = learner.init(rng); loss_fn(params, target_params, batch, rng); ...
 
-A run records its method in run_info.json as `method_class` (an import path) and
-`method_config` (plain values); `load_method` rebuilds it from there, so evaluation,
-behaviour policies and `init_from` work for any method without knowing which it is.
+`loading.py` rebuilds a run's method and policy from its run directory.
 """
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
 import optax
 
-from scaled_ql import checkpointing, runs, sharding, types
+from scaled_ql import types
 
 Params = Any  # A pytree of arrays.
 
@@ -35,10 +32,10 @@ class Learner(NamedTuple):
       loss expects (the trainer checks the data source's first batch against it).
     make_policy: params -> a `types.Policy` acting greedily (its jitted function is built once
       per learner, so periodic evaluations do not retrace).
-    transfer: (source params, source game names, params) -> params: the parameters of another
+    transfer: (source params, source run_info, params) -> params: the parameters of another
       run carried over for `init_from` (shared layers copied, per-game parts mapped by game
       name; games the source lacks keep `params`' fresh values). Raises ValueError naming every
-      incompatible shape.
+      incompatible setting or shape.
     per_game: params -> pytree of bools, True for leaves that hold one slice per game (heads):
       `init_from` may train the rest (the torso) at a lower learning rate or freeze it.
   """
@@ -49,7 +46,7 @@ class Learner(NamedTuple):
   target_update_period: int | None
   example_batch: Callable[[int], Any]
   make_policy: Callable[[Params], types.Policy]
-  transfer: Callable[[Params, Sequence[str], Params], Params]
+  transfer: Callable[[Params, dict, Params], Params]
   per_game: Callable[[Params], Any]
 
 
@@ -70,68 +67,7 @@ class Method(Protocol):
     """JSON-able values from which `from_config` rebuilds the method (optimizer aside)."""
     ...
 
-
-def method_record(method: Method) -> dict:
-  """What run_info.json records of a method."""
-  cls = type(method)
-  return {
-    "method": method.name,
-    "method_class": f"{cls.__module__}.{cls.__qualname__}",
-    "method_config": method.config(),
-  }
-
-
-def load_method(info: dict) -> Method:
-  """Rebuilds the method a run was trained with, from its run_info (see `method_record`)."""
-  path = info.get("method_class")
-  if not path:
-    raise ValueError(
-      "run_info.json records no method_class: the run was written by an older version; "
-      "retrain it, or evaluate it with that version."
-    )
-  module_name, _, class_name = path.rpartition(".")
-  return getattr(importlib.import_module(module_name), class_name).from_config(
-    info["method_config"]
-  )
-
-
-def evaluated_params_field(info: dict) -> str:
-  """The TrainState field a run's policy acts with: the moving average when it kept one."""
-  return "ema_params" if info.get("ema_decay", 0.0) > 0 else "params"
-
-
-def restore_params(workdir: str, step: int | None = None, field: str | None = None):
-  """Restores a run's parameters from its checkpoint.
-
-  Args:
-    workdir: a run directory written by the trainer.
-    step: the checkpoint step; the latest when None.
-    field: "params" or "ema_params"; by default the ones its policy acts with.
-
-  Returns:
-    (params, learner, run_info, step); params placed on the local devices.
-  """
-  info = runs.read_run_info(workdir)
-  learner = load_method(info).build(info["game_names"])
-  field = field or evaluated_params_field(info)
-  shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
-  abstract = sharding.replicated_shapes(shapes, sharding.make_mesh())
-  checkpointer = checkpointing.Checkpointer(workdir)
-  step = checkpointer.latest_step() if step is None else step
-  restored = checkpointer.restore({field: abstract}, step, partial=True)
-  return restored[field], learner, info, step
-
-
-def load_policy(workdir: str, step: int | None = None):
-  """Restores a run's policy from its checkpoint.
-
-  Args:
-    workdir: a run directory written by the trainer.
-    step: the checkpoint step; the latest when None.
-
-  Returns:
-    (policy, game_names, step): a `types.Policy` over the run's games (game_id = index in
-    game_names).
-  """
-  params, learner, info, step = restore_params(workdir, step)
-  return learner.make_policy(params), info["game_names"], step
+  @classmethod
+  def from_config(cls, config: dict) -> "Method":
+    """The method `config()` describes (with the default optimizer: enough to act)."""
+    ...

@@ -25,7 +25,7 @@ class BC:
     name: the label of its runs in reports.
   """
 
-  network: networks.NetworkConfig = networks.NetworkConfig()
+  network: networks.NetworkConfig
   optimizer_fn: Callable = optimizers.make_optimizer
   name: str = "bc"
 
@@ -45,9 +45,9 @@ def make_loss(apply_fn, num_games: int):
 
   def loss_fn(params, target_params, batch: types.Batch, rng):
     del target_params, rng
-    logits = apply_fn(params, batch.obs, batch.game_id)  # q_values [B, A]: the policy's logits.
-    bc = jax.vmap(losses.bc_loss)(logits.q_values, batch.action, logits.legal_actions)  # [B]
-    accuracy = jnp.argmax(logits.q_values, axis=1) == batch.action
+    out = apply_fn(params, batch.obs, batch.game_id)  # out.q_values [B, A]: the policy's logits.
+    bc = jax.vmap(losses.bc_loss)(out.q_values, batch.action, out.legal_actions)  # [B]
+    accuracy = jnp.argmax(out.q_values, axis=1) == batch.action
     metrics = {
       "loss": jnp.mean(bc),
       "bc_loss": jnp.mean(bc),

@@ -6,6 +6,7 @@ they differ only in their loss. Its parameters are haiku's `{module: {name: arra
 are the module named "heads".
 """
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import haiku as hk
@@ -53,7 +54,7 @@ def build_learner(
     target_update_period=target_update_period,
     example_batch=types.zeros_batch,
     make_policy=make_policy_factory(network),
-    transfer=lambda src, src_games, params: transfer(src, src_games, params, game_names),
+    transfer=lambda src, src_info, params: transfer(src, src_info, params, config, game_names),
     per_game=per_game,
   )
 
@@ -68,14 +69,12 @@ class GreedyPolicy(types.Policy):
     return np.asarray(self._act(self._params, obs, game_id))
 
 
-def make_policy_factory(network: hk.Transformed, output: str = "q_values"):
-  """params -> GreedyPolicy; the argmax of `output` ([B, A], masked) is jitted once, here."""
+def make_policy_factory(network: hk.Transformed):
+  """params -> GreedyPolicy; the argmax of the masked Q-values is jitted once, here."""
 
   @jax.jit
   def act(params, obs, game_id):  # uint8 [N, 84, 84, 4], int32 [N] -> int32 [N]
-    return jnp.argmax(getattr(network.apply(params, obs, game_id), output), axis=-1).astype(
-      jnp.int32
-    )
+    return jnp.argmax(network.apply(params, obs, game_id).q_values, axis=-1).astype(jnp.int32)
 
   return lambda params: GreedyPolicy(act, params)
 
@@ -89,25 +88,45 @@ def per_game(params):
   return {module: {name: is_head(module) for name in leaves} for module, leaves in params.items()}
 
 
-def transfer(source_params, source_games: Sequence[str], params, game_names: Sequence[str]):
+def transfer(source_params, source_info: dict, params, config, game_names: Sequence[str]):
   """Carries a run's parameters over to a network for `game_names`.
 
-  The shared layers are copied and must match in shape. A game's head is copied from the
-  source's head of the same game (its own |A_game| x N outputs; the stacked heads' unused slots
-  keep `params`' values); games the source lacks keep their fresh heads in `params`.
+  The source must be the same network (every `NetworkConfig` field: equal shapes can still mean
+  other things, e.g. GroupNorm's groups or the C51 support). The shared layers are copied. A
+  game's head is copied from the source's head of the same game (its own |A_game| x N outputs;
+  the stacked heads' unused slots keep `params`' values); games the source lacks keep their
+  fresh heads in `params`.
 
   Args:
     source_params: the source run's parameters (heads [G_src, D, A_src * N]).
-    source_games: the source run's games (the order of its heads).
+    source_info: the source run's run_info (its games, the order of its heads, and method).
     params: freshly initialised parameters for `game_names` (heads [G, D, A * N]).
+    config: the network configuration of `params`.
     game_names: the games being trained.
 
   Returns:
     The new parameters (host numpy arrays).
 
   Raises:
-    ValueError: listing every shared layer missing or of another shape.
+    ValueError: naming every configuration field, shared layer or shape that differs.
   """
+  source_network = source_info.get("method_config", {}).get("network")
+  if source_network is None:
+    raise ValueError(
+      f"init_from: the source run's method ({source_info.get('method')}) has no multi-game "
+      "Q-network to start from."
+    )
+  ours = dataclasses.asdict(config)
+  theirs = dataclasses.asdict(network_config(source_network))
+  changed = [f"  {k}: source {theirs[k]!r} vs configured {ours[k]!r}" for k in ours
+             if theirs[k] != ours[k]]  # fmt: skip
+  if changed:
+    raise ValueError(
+      "init_from: the source run's network is configured differently:\n"
+      + "\n".join(changed)
+      + "\nConfigure the same networks.NetworkConfig as the source run."
+    )
+  source_games = source_info["game_names"]
   source = jax.tree.map(np.asarray, jax.device_get(source_params))
   out = jax.tree.map(lambda x: np.array(x, copy=True), jax.device_get(params))
   problems = []

@@ -35,7 +35,7 @@ class ScaledQL:
     name: the label of its runs in reports.
   """
 
-  network: networks.NetworkConfig = networks.NetworkConfig()
+  network: networks.NetworkConfig
   td_loss: losses.TDLoss = losses.C51()
   td_weight: float = 1.0
   cql_alpha: float = 0.1

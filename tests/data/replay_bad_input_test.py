@@ -216,3 +216,23 @@ def test_shards_of_another_game_are_refused(root, tmp_path):
     ReplayDataset(shard_dir, ["Pong"], runs=[1])
   directory = shards.suffix_dir(shard_dir, "Pong", 1, 0)
   assert str(e.value).startswith(f"{directory}: converted as Breakout's data, read as Pong's")
+
+
+def test_old_shards_are_checked_when_sampled(root, tmp_path):
+  # Shards converted before convert recorded the game: the sampler checks each loaded chunk.
+  _convert(root, tmp_path)
+  shard_dir = str(tmp_path / "shards")
+  for suffix in (0, 1):
+    path = os.path.join(shards.suffix_dir(shard_dir, "Breakout", 1, suffix), "meta.json")
+    with open(path) as f:
+      meta = json.load(f)
+    del meta["game"]
+    with open(path, "w") as f:
+      json.dump(meta, f)
+  os.rename(os.path.join(shard_dir, "Breakout"), os.path.join(shard_dir, "Freeway"))
+  dataset = ReplayDataset(shard_dir, ["Freeway"], runs=[1], local_batch_size=8, pool_rows=512)
+  try:
+    with pytest.raises(DataError, match=r"action 3 is outside Freeway's 3 actions \(0..2\)"):
+      dataset.batch(0)
+  finally:
+    dataset.close()
