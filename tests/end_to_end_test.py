@@ -273,12 +273,16 @@ def test_a_run_starts_from_another_runs_checkpoint(shard_dir, tmp_path):
     ),
   )
   # Pong is new (6 actions), Breakout's head comes from the source; the torso is frozen.
-  out = run("scaled_ql.pretrain", *pretrain_args(
-    finetuned, shard_dir, "train.game_names = ['Pong', 'Breakout']", "train.num_grad_steps = 2",
-    "train.eval_fn = None", "train.init_from = @initialization.InitFrom()",
+  finetune = (
+    "train.game_names = ['Pong', 'Breakout']", "train.eval_fn = None",
+    "train.init_from = @initialization.InitFrom()",
     f"initialization.InitFrom.source = '{source}/checkpoints/3'",
     "initialization.InitFrom.torso_learning_rate_scale = 0.0",
-  ))  # fmt: skip
+  )  # fmt: skip
+  out = run(
+    "scaled_ql.pretrain",
+    *pretrain_args(finetuned, shard_dir, *finetune, "train.num_grad_steps = 2"),
+  )
   assert "init_from" in out.stderr and "new heads: ['Pong']" in out.stderr
   pretrained, after = restore_params(source, 3), restore_params(finetuned, 2)
   for module in after:
@@ -291,7 +295,22 @@ def test_a_run_starts_from_another_runs_checkpoint(shard_dir, tmp_path):
   assert not np.array_equal(heads[1, :, : 4 * 51], source_heads[0])  # Breakout's head trained.
   with open(os.path.join(finetuned, "run_info.json")) as f:
     info = json.load(f)
-  assert info["init"] == "pretrained" and info["init_from"].endswith("checkpoints/3")
+  assert info["init"] == "pretrained" and info["init_from"]["source"].endswith("checkpoints/3")
+  # It resumes like any run (with its split optimizer state), and its identity includes how it
+  # started: another torso learning rate is refused.
+  resumed = run(
+    "scaled_ql.pretrain",
+    *pretrain_args(finetuned, shard_dir, *finetune, "train.num_grad_steps = 3"),
+  )
+  assert "Resumed from the checkpoint at step 2" in resumed.stderr
+  changed = pretrain_failing(
+    finetuned,
+    shard_dir,
+    *finetune,
+    "train.num_grad_steps = 4",
+    "initialization.InitFrom.torso_learning_rate_scale = 0.5",
+  )
+  assert "different configuration" in changed and "torso_learning_rate_scale" in changed
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(shard_dir, tmp_path):
