@@ -34,6 +34,9 @@ setuptools.setup(
     # installed without its dependencies: launch/setup.sh).
     "rlax>=0.1.9",
     "tfp-nightly>=0.26.0.dev20261027",
+    # TensorFlow Probability checks for TF-Keras whenever TensorFlow is installed too (ours is,
+    # for the data layer); dopamine-rl's requirements used to bring it in.
+    "tf-keras>=2.21",
     "tensorboard>=2.21",
     "tensorflow>=2.21",
     "tfds-nightly",
