@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from scaled_ql import actor as actor_lib
-from scaled_ql import atari, games, runs, types
+from scaled_ql import atari, games, runs, types, video
 
 
 def protocol_name(protocol: atari.Protocol) -> str:
@@ -57,6 +57,7 @@ def evaluate(
   num_envs_per_game: int | None = None,
   seed: int = 0,
   log_every_s: float = 30.0,
+  video_dir: str | None = None,
 ) -> runs.EvalResults:
   """Plays `num_episodes` episodes of every game with an epsilon-greedy `policy`.
 
@@ -79,6 +80,8 @@ def evaluate(
     seed: seeds environments and exploration: the same seed (and num_envs_per_game) gives
       the same results.
     log_every_s: seconds between progress lines.
+    video_dir: if set, writes the first episode of each game (its first environment), as the
+      agent sees it, to `{video_dir}/{game}_v{variant}.mp4` (`scaled_ql.video`).
 
   Returns:
     `runs.EvalResults` with per-episode returns and lengths of every game.
@@ -99,7 +102,11 @@ def evaluate(
         atari.VectorEnv(game, num_envs, variant=variant, protocol=protocol, seed=env_seed)
       )
     actor = actor_lib.Actor(envs, policy, game_ids, rng=[seed, 7])
-    per_game, agent_steps, wall_time_s = _play(actor, num_episodes, epsilon, log_every_s)
+    recorder = None
+    if video_dir:
+      names = {g * num_envs: f"{game}_v{variant}" for g, game in enumerate(game_names)}
+      recorder = video.EpisodeRecorder(video_dir, names)
+    per_game, agent_steps, wall_time_s = _play(actor, num_episodes, epsilon, log_every_s, recorder)
   finally:
     for env in envs:
       env.close()
@@ -118,9 +125,13 @@ def evaluate(
 
 
 def _play(
-  actor: actor_lib.Actor, num_episodes: int, epsilon: float, log_every_s: float
+  actor: actor_lib.Actor,
+  num_episodes: int,
+  epsilon: float,
+  log_every_s: float,
+  recorder: video.EpisodeRecorder | None = None,
 ) -> tuple[dict[str, runs.GameResult], int, float]:
-  """Steps `actor` until each of its envs has played its quota of episodes.
+  """Steps `actor` until each of its envs has played its quota of episodes (recording videos).
 
   Returns:
     (per-game results, agent steps taken, seconds of the stepping loop after the first reset).
@@ -138,6 +149,8 @@ def _play(
     # A game whose envs have all played their quota is no longer stepped.
     active = (done_count < quota).reshape(num_games, num_envs).any(axis=1)
     step = actor.step(epsilon, active)
+    if recorder:
+      recorder.add(step)
     agent_steps += int(step.stepped.sum())
     for i in np.flatnonzero(step.ended):
       if done_count[i] < quota[i]:
@@ -162,6 +175,9 @@ def _play(
       )
 
   wall_time_s = time.time() - start
+  if recorder:
+    recorder.close()
+    logging.info("eval: videos %s", recorder.written)
   logging.info("eval: %d episodes of %d games, %d agent steps in %.0f s", total, num_games,
                agent_steps, wall_time_s)  # fmt: skip
   per_game = {}
@@ -188,11 +204,13 @@ def make_eval_fn(
   epsilon: float = runs.DEFAULT_EVAL_EPSILON,
   num_envs_per_game: int | None = None,
   seed: int = 0,
+  videos: bool = False,
 ) -> Callable[[types.Policy, Sequence[str], int, str], dict[str, float]]:
   """Builds the trainer's `eval_fn(policy, game_names, step, workdir) -> scalars`.
 
   The hook evaluates every training game, writes the results files and returns the mean return
-  per game plus the human-normalised IQM over games (`eval/hns_iqm`).
+  per game plus the human-normalised IQM over games (`eval/hns_iqm`). With `videos`, each
+  evaluation also writes each game's first episode to `{workdir}/videos/step_{step}/`.
   """
 
   def eval_fn(policy, game_names, step, workdir):
@@ -204,6 +222,7 @@ def make_eval_fn(
       epsilon=epsilon,
       num_envs_per_game=num_envs_per_game,
       seed=seed,
+      video_dir=os.path.join(workdir, "videos", f"step_{step:09d}") if videos else None,
     )
     runs.write_results(workdir, results, checkpoint_step=step)
     scalars = {f"eval/{g}/return": v for g, v in results.mean_returns().items()}
@@ -260,7 +279,7 @@ def main() -> None:
                f.protocol)  # fmt: skip
   results = evaluate(policy, game_names, f.num_episodes, game_ids=game_ids, variant=f.variant,
                      protocol=protocol, epsilon=f.epsilon, num_envs_per_game=f.num_envs_per_game,
-                     seed=f.seed, log_every_s=10.0)  # fmt: skip
+                     seed=f.seed, log_every_s=10.0, video_dir=f.video_dir)  # fmt: skip
   path = runs.write_results(workdir, results, checkpoint_step=step)
   for game, mean in results.mean_returns().items():
     n = len(results.games[game].returns)
@@ -280,6 +299,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("variant", 0, "Game variant (ALE mode/difficulty), see scaled_ql.atari.")
   flags.DEFINE_integer("num_envs_per_game", None, "Parallel environments per game.")
   flags.DEFINE_integer("seed", 0, "Seed of environments and exploration.")
+  flags.DEFINE_string("video_dir", None, "Write each game's first episode here as MP4.")
   flags.DEFINE_integer(
     "max_episode_steps",
     27_000,

@@ -137,8 +137,10 @@ def test_evaluate_and_report_a_trained_run(runs, tmp_path):
     "--num_envs_per_game=2",
     "--max_episode_steps=60",
     "--games=Pong",
+    f"--video_dir={tmp_path / 'videos'}",
   )
   assert "Pong" in out.stdout and "Breakout" not in out.stdout
+  assert os.listdir(tmp_path / "videos") == ["Pong_v0.mp4"]
   report_dir = tmp_path / "report"
   # A shortened episode cap is not the DQN protocol: the results are filed as "custom".
   run(

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import cv2
 import numpy as np
 import pytest
 
@@ -161,11 +162,15 @@ def test_results_of_one_checkpoint_merge_by_game_and_never_collide(tmp_path):
 
 
 def test_trainer_hook_writes_results_and_returns_scalars(tmp_path):
-  eval_fn = evaluate.make_eval_fn(num_episodes=1, protocol=atari.Protocol(max_episode_steps=15))
+  eval_fn = evaluate.make_eval_fn(
+    num_episodes=1, protocol=atari.Protocol(max_episode_steps=15), videos=True
+  )
   scalars = eval_fn(_noop_policy, ["Breakout", "Pong"], 500, str(tmp_path))
   assert set(scalars) == {"eval/Breakout/return", "eval/Pong/return", "eval/hns_iqm"}
   assert np.isfinite(scalars["eval/hns_iqm"])
   assert len(runs.find_results(str(tmp_path))) == 1
+  videos = sorted(os.listdir(tmp_path / "videos" / "step_000000500"))
+  assert videos == ["Breakout_v0.mp4", "Pong_v0.mp4"]
 
 
 def test_cli_explains_a_missing_run_or_checkpoint(tmp_path):
@@ -184,3 +189,29 @@ def test_cli_explains_a_missing_run_or_checkpoint(tmp_path):
   assert "does not exist" in message and "scaled_ql.pretrain" in message
   message = cli(tmp_path)
   assert "run_info.json" in message and "scaled_ql.pretrain" in message
+
+
+def test_video_of_each_games_first_episode(tmp_path):
+  # Breakout's first episode is cut at 30 steps; Pong's envs play on, so its video is the
+  # first episode's 30 steps too, written when that episode ends.
+  protocol = atari.Protocol(max_episode_steps=30)
+  recorded = []
+
+  class Recorder(types.Policy):  # Keeps the frames env 0 of each game acted on.
+    def __call__(self, obs, game_id):
+      recorded.append(obs[[0, 2], :, :, -1].copy())
+      return np.zeros(len(obs), np.int32)
+
+  results = evaluate.evaluate(Recorder(), ["Breakout", "Pong"], 2, num_envs_per_game=2,
+                              protocol=protocol, variant=0, video_dir=str(tmp_path / "v"))  # fmt: skip
+  for g, game in enumerate(["Breakout", "Pong"]):
+    capture = cv2.VideoCapture(str(tmp_path / "v" / f"{game}_v0.mp4"))
+    frames = []
+    while (frame := capture.read())[0]:
+      frames.append(frame[1][:, :, 0])
+    capture.release()
+    # One frame per agent step of the first episode, 4x the observation size, close to it.
+    assert len(frames) == results.games[game].lengths[0] == 30
+    assert frames[0].shape == (336, 336)
+    first = cv2.resize(frames[5], (84, 84), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.abs(first - recorded[5][g]).mean() < 8.0
