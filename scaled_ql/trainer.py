@@ -187,6 +187,7 @@ def train(
         window = []
         steps_per_s = (step - window_start) / max(time.time() - window_time, 1e-9)
         flat.update(
+          dataset.metrics(),
           steps_per_s=steps_per_s,
           examples_per_s=steps_per_s * global_batch_size,
           eta_s=(num_grad_steps - step) / steps_per_s,

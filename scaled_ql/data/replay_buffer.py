@@ -127,6 +127,14 @@ class ReplayBuffer(source.DataSource):
     self._write(envs, obs[..., -1], action, np.clip(reward, -1.0, 1.0), ended)
     self._new_episode = ended.copy()
 
+  def end_episodes(self) -> None:
+    """Ends every stream's running episode at its last row (marked terminal, as a time limit
+    is): a resumed actor starts new episodes, and no n-step return may run from the cut
+    episode into the next. Only untabulated states read that row's flag."""
+    cut = np.flatnonzero(~self._new_episode & (self._add_count > 0))
+    self._terminal[cut, (self._add_count[cut] - 1) % self._ring] = 1
+    self._new_episode[:] = True
+
   def _write(self, envs: np.ndarray, frame, action, reward, terminal) -> None:
     """Writes one row to each stream in `envs` (int [K]); values broadcast to [K, ...]."""
     slot = self._add_count[envs] % self._ring

@@ -40,6 +40,11 @@ class DataSource:
     """One line for the log: what is sampled and how."""
     return type(self).__name__
 
+  def metrics(self) -> dict[str, float]:
+    """Scalars the trainer logs with each logged step (e.g. an acting source's episode
+    returns since the last call); {} for offline data."""
+    return {}
+
   def state(self) -> dict[str, np.ndarray]:
     """What a checkpoint must hold to continue this source exactly ({}: the step suffices)."""
     return {}

@@ -267,3 +267,18 @@ def test_add_checks_shapes():
     buf.add(obs[..., 0], action, reward, ended)
   with pytest.raises(ValueError, match=r"ended must have shape \(2,\)"):
     buf.add(obs, action, reward, ended[:1])
+
+
+def test_end_episodes_marks_the_cut_row_terminal_and_pads_the_next_episode():
+  buffer = ReplayBuffer(capacity=40, num_envs=2, n_step=2, local_batch_size=4)
+  obs = np.full((2, 84, 84, 4), 7, np.uint8)
+  for t in range(6):  # Env 0's episode ends at t = 5; env 1's is still running.
+    buffer.add(obs, np.zeros(2, np.int32), np.zeros(2), np.array([t == 5, False]))
+  buffer.end_episodes()
+  state = buffer.state()
+  last = (state["add_count"] - 1) % 20
+  assert state["terminal"][0, last[0]] == 1 and state["terminal"][1, last[1]] == 1
+  assert state["new_episode"].all()
+  before = state["add_count"].copy()
+  buffer.add(obs, np.zeros(2, np.int32), np.zeros(2), np.zeros(2, bool))
+  np.testing.assert_array_equal(buffer.state()["add_count"], before + 4)  # 3 padding rows + 1.
