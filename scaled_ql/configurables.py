@@ -18,6 +18,7 @@ from scaled_ql import (
   initialization,
   losses,
   networks,
+  online,
   optimizers,
   trainer,  # noqa: F401  (registers `train`)
 )
@@ -38,6 +39,11 @@ gin.external_configurable(initialization.InitFrom, module="initialization")
 gin.external_configurable(
   data.ReplayDataset,
   module="data",
+  denylist=["game_names", "local_batch_size", "seed", "process_index", "process_count"],
+)
+gin.external_configurable(
+  online.OnlineSource,
+  module="online",
   denylist=["game_names", "local_batch_size", "seed", "process_index", "process_count"],
 )
 gin.external_configurable(evaluate.make_eval_fn, module="evaluate")

@@ -205,11 +205,13 @@ def make_eval_fn(
   num_envs_per_game: int | None = None,
   seed: int = 0,
   videos: bool = False,
+  variant: int = 0,
 ) -> Callable[[types.Policy, Sequence[str], int, str], dict[str, float]]:
   """Builds the trainer's `eval_fn(policy, game_names, step, workdir) -> scalars`.
 
   The hook evaluates every training game, writes the results files and returns the mean return
-  per game plus the human-normalised IQM over games (`eval/hns_iqm`). With `videos`, each
+  per game plus the human-normalised IQM over games (`eval/hns_iqm`), on the games' `variant`
+  (ALE mode/difficulty; 0 is the game as in the data). With `videos`, each
   evaluation also writes each game's first episode to `{workdir}/videos/step_{step}/`.
   """
 
@@ -222,6 +224,7 @@ def make_eval_fn(
       epsilon=epsilon,
       num_envs_per_game=num_envs_per_game,
       seed=seed,
+      variant=variant,
       video_dir=os.path.join(workdir, "videos", f"step_{step:09d}") if videos else None,
     )
     runs.write_results(workdir, results, checkpoint_step=step)

@@ -27,7 +27,9 @@ def test_gin_file_builds(gin_file):
   # Fragments are included by the runnable files, which set the games: give them some.
   files = ["base.gin", gin_file] if fragment else [gin_file]
   games_binding = "train.game_names = ['Breakout', 'Pong']"
-  configurables.parse_gin(files, [SHARD_DIR_BINDING] + ([games_binding] if fragment else []))
+  # Fine-tuning files get the game from `python -m scaled_ql.finetune --game=...`.
+  needs_games = fragment or gin_file.startswith("finetune_")
+  configurables.parse_gin(files, [SHARD_DIR_BINDING] + ([games_binding] if needs_games else []))
   bindings = gin.get_bindings("train")  # Resolves references: builds the method.
   game_names = bindings["game_names"]
   games.validate_games(game_names)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-ENTRY_POINTS = {"scaled_ql.pretrain", "scaled_ql.evaluate", "scaled_ql.count_params",
+ENTRY_POINTS = {"scaled_ql.pretrain", "scaled_ql.finetune", "scaled_ql.evaluate", "scaled_ql.count_params",
                 "scaled_ql.configurables", "scaled_ql.cli"}  # fmt: skip
 
 

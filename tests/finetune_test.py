@@ -1,0 +1,71 @@
+"""`python -m scaled_ql.finetune` as its users run it: online on real Breakout variants."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+TINY_NETWORK = (
+  "NetworkConfig.torso = 'small'", "NetworkConfig.widths = (8, 8, 8, 8)",
+  "NetworkConfig.projection_dim = 16", "NetworkConfig.spatial_embedding_features = 2",
+)  # fmt: skip
+
+
+def finetune(cwd, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+  """Runs the CLI in `cwd` (where no embedded-default run exists) with the debug gin file."""
+  out = subprocess.run(
+    [sys.executable, "-m", "scaled_ql.finetune", "--gin_file=finetune_debug.gin", *args],
+    capture_output=True, text=True, timeout=600, cwd=cwd,
+  )  # fmt: skip
+  if ok:
+    assert out.returncode == 0, out.stderr[-5000:]
+  else:
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-5000:]
+  return out
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory):
+  """A scratch online run on Breakout (variant 0): the 'pretrained' run of these tests."""
+  root = tmp_path_factory.mktemp("finetune")
+  workdir = str(root / "source")
+  finetune(root, "--game=Breakout", "--variant=0", "--init_from=none", f"--workdir={workdir}",
+           *(f"--gin_bindings={b}" for b in TINY_NETWORK))  # fmt: skip
+  return root, workdir
+
+
+def test_online_finetuning_from_a_run_on_a_variant_completes_and_resumes(source_run):
+  root, source = source_run
+  workdir = str(root / "finetuned")
+  out = finetune(root, "--game=Breakout", "--variant=1", f"--init_from={source}",
+                 f"--workdir={workdir}")  # fmt: skip
+  assert "heads of ['Breakout'] copied" in out.stderr
+  with open(os.path.join(workdir, "run_info.json")) as f:
+    info = json.load(f)
+  # The network came from the source run's record; the run is labelled for reports.
+  assert info["method_config"]["network"]["widths"] == [8, 8, 8, 8]
+  assert info["init"] == "pretrained" and info["phase"] == "online_finetune"
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert max(r.get("online/env_steps", 0) for r in rows) == 100 + 40 * 2
+  evaluations = os.listdir(os.path.join(workdir, "eval"))
+  assert evaluations and all("_v1" in tag for tag in evaluations)  # Evaluated on the variant.
+  again = finetune(root, "--game=Breakout", "--variant=1", f"--init_from={source}",
+                   f"--workdir={workdir}", "--gin_bindings=train.num_grad_steps = 50")  # fmt: skip
+  assert "Resumed from the checkpoint at step 40" in again.stderr
+
+
+def test_bad_input_is_one_line_before_any_work(source_run, tmp_path):
+  root, source = source_run
+  cases = [
+    (["--game=Breakoutt"], "Breakoutt"),
+    (["--game=Breakout", "--variant=99"], "Valid variants: 0 (mode 0, difficulty 0)"),
+    (["--game=Breakout", "--variant=1"], "bash launch/local.sh"),  # No default run here.
+    (["--game=Breakout", "--mode=offline", f"--init_from={source}"], "--allow_seen_game"),
+  ]
+  for args, expected in cases:
+    out = finetune(tmp_path, *args, f"--workdir={tmp_path / 'run'}", ok=False)
+    assert expected in out.stderr, (args, out.stderr[-2000:])
+  assert not os.path.exists(tmp_path / "run")
