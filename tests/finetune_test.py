@@ -69,3 +69,37 @@ def test_bad_input_is_one_line_before_any_work(source_run, tmp_path):
     out = finetune(tmp_path, *args, f"--workdir={tmp_path / 'run'}", ok=False)
     assert expected in out.stderr, (args, out.stderr[-2000:])
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_offline_finetuning_on_an_unseen_game_completes(source_run):
+  root, source = source_run
+  for module, args in (
+    ("data_prep.collect", [f"--output_dir={root}/replay", "--games=Pong", "--num_checkpoints=1",
+                           "--checkpoint_size=600", "--policy=random", "--num_envs=2"]),
+    ("data_prep.convert", [f"--replay_dir={root}/replay", f"--shard_dir={root}/shards",
+                           "--games=Pong"]),
+  ):  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+  workdir = str(root / "offline")
+  tiny = (
+    f"data.ReplayDataset.shard_dir = '{root}/shards'", "data.ReplayDataset.row_fraction = 1.0",
+    "data.ReplayDataset.pool_rows = 1024", "data.ReplayDataset.chunk_rows = 128",
+    "data.ReplayDataset.num_io_threads = 1", "train.num_grad_steps = 4", "train.global_batch_size = 8",
+    "train.checkpoint_every_steps = 4", "train.log_every_steps = 2",
+    "evaluate.make_eval_fn.num_episodes = 1", "evaluate.make_eval_fn.protocol = @atari.Protocol()",
+    "atari.Protocol.max_episode_steps = 30",
+  )  # fmt: skip
+  out = subprocess.run(
+    [sys.executable, "-m", "scaled_ql.finetune", "--mode=offline", "--game=Pong",
+     f"--init_from={source}", f"--workdir={workdir}", "--gin_file=finetune_offline.gin",
+     *(f"--gin_bindings={b}" for b in tiny)],
+    capture_output=True, text=True, timeout=600, cwd=root,
+  )  # fmt: skip
+  assert out.returncode == 0, out.stderr[-5000:]
+  assert "new heads: ['Pong']" in out.stderr
+  with open(os.path.join(workdir, "run_info.json")) as f:
+    info = json.load(f)
+  assert info["phase"] == "offline_finetune" and info["init"] == "pretrained"
+  assert os.listdir(os.path.join(workdir, "eval"))  # Evaluated on real ALE Pong.
