@@ -23,7 +23,9 @@ from scaled_ql import atari, cli, configurables, games, runs, trainer
 DEFAULT_INIT_FROM = os.path.join("workdirs", "local", "scaled_ql")
 
 _GAME = flags.DEFINE_string("game", None, "The game to fine-tune on.")
-_VARIANT = flags.DEFINE_integer("variant", None, "Online: index of the game's variant.")
+_VARIANT = flags.DEFINE_integer(
+  "variant", None, "Online: index into atari.variants(game); default 1 (the paper's, unverified)."
+)
 _MODE = flags.DEFINE_enum("mode", None, ["online", "offline"], "Default: online.")
 _INIT_FROM = flags.DEFINE_string(
   "init_from", DEFAULT_INIT_FROM, "Pretrained run or checkpoint to start from; 'none': scratch."
