@@ -18,7 +18,7 @@ import os
 
 from absl import app, flags, logging
 
-from scaled_ql import atari, cli, configurables, games, runs, trainer
+from scaled_ql import atari, cli, configurables, games, initialization, runs, trainer
 
 DEFAULT_INIT_FROM = os.path.join("workdirs", "local", "scaled_ql")
 
@@ -40,10 +40,7 @@ def _source_info(init_from: str | None) -> dict | None:
   """The run_info of the run `init_from` names (a run or `RUN/checkpoints/STEP`)."""
   if init_from is None:
     return None
-  run = init_from.rstrip("/")
-  parent = os.path.dirname(run)
-  if os.path.basename(parent) == "checkpoints" and os.path.basename(run).isdigit():
-    run = os.path.dirname(parent)
+  run, _ = initialization.InitFrom(source=init_from).run_and_step()
   if not runs.is_run(run):
     raise cli.UserError(
       f"--init_from={init_from} is not a training run (no {runs.RUN_INFO_FILE}). Make one with "

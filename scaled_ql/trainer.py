@@ -153,13 +153,12 @@ def train(
   )
 
   def current_policy():
-    """A policy on the current parameters, for a source that acts; valid until the next step
-    (the step donates the state), so a source asks for it anew before each batch."""
+    """A policy on the current parameters (for evaluation, and a source that acts); valid until
+    the next step (the step donates the state), so a source asks for it anew before each batch."""
     return learner.make_policy(evaluated_params(state))
 
   def run_eval(step: int) -> dict[str, float]:
-    policy = learner.make_policy(evaluated_params(state))
-    eval_scalars = eval_fn(policy, game_names, step, workdir)
+    eval_scalars = eval_fn(current_policy(), game_names, step, workdir)
     writer.write(step, eval_scalars)
     writer.flush()
     return eval_scalars

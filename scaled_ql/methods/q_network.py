@@ -141,34 +141,18 @@ def transfer(source_params, source_info: dict, params, config, game_names: Seque
         problems.append(f"  {module}/{name}: source {src.shape} vs target {dst.shape}")
       else:
         out[module][name] = src.copy()
-  heads = [m for m in out if is_head(m)]
-  for module in heads:
-    problems += _copy_heads(source.get(module), source_games, out[module], game_names, module)
   if problems:
     raise ValueError(
       "init_from: the source run's network does not fit the configured one "
       f"({len(problems)} differences):\n" + "\n".join(problems[:20]) + "\nConfigure the same "
       "torso, widths, spatial embedding, projection and atoms as the source run."
     )
+  # Heads: [G, D, A_max * N] with each game's outputs first (`networks.MultiGameHead`); D and N
+  # are the same on both sides (the configurations are equal).
+  for module in (m for m in out if is_head(m)):
+    for g, game in enumerate(game_names):
+      if game in source_games:
+        s, width = list(source_games).index(game), games.num_actions(game) * config.atoms_per_action
+        out[module]["w"][g, :, :width] = source[module]["w"][s, :, :width]
+        out[module]["b"][g, :width] = source[module]["b"][s, :width]
   return out
-
-
-def _copy_heads(source, source_games, target, game_names, module) -> list[str]:
-  """Copies, in place, each shared game's head rows; returns the differences that prevent it."""
-  if source is None:
-    return [f"  {module}: only in the target"]
-  dim_src, dim = source["w"].shape[1], target["w"].shape[1]
-  if dim_src != dim:
-    return [f"  {module}/w: representation size {dim_src} in the source vs {dim} in the target"]
-  # Output slots are [A_max, N]: recover N from the two layouts' per-action sizes.
-  atoms_src = source["w"].shape[-1] // max(games.num_actions(g) for g in source_games)
-  atoms = target["w"].shape[-1] // max(games.num_actions(g) for g in game_names)
-  if atoms_src != atoms:
-    return [f"  {module}: {atoms_src} outputs per action in the source vs {atoms} in the target"]
-  for g, game in enumerate(game_names):
-    if game not in source_games:
-      continue
-    s, width = list(source_games).index(game), games.num_actions(game) * atoms
-    target["w"][g, :, :width] = source["w"][s, :, :width]
-    target["b"][g, :width] = source["b"][s, :width]
-  return []
