@@ -3,6 +3,9 @@
     recorder = EpisodeRecorder(video_dir, {row: "Breakout_v1"})   # row: an env of the Actor
     recorder.add(step) after every `actor.step(...)`; recorder.close() at the end
 
+    python -m scaled_ql.video --videos=pretrained=A.mp4,scratch=B.mp4 --output=frames.png
+        # frames evenly spaced over each video, one labelled row per video (a PNG for a page)
+
 Each video holds the newest frame of every observation the agent acted on (84x84 grayscale,
 the DQN protocol's frames, scaled up 4x without smoothing) at 15 frames per second: one frame
 per agent step of 4 emulator frames at 60 Hz, so it plays at the game's speed. Written with
@@ -10,6 +13,7 @@ OpenCV as MP4 (`mp4v`) when the episode ends, or on `close` for an episode still
 """
 
 import os
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -63,3 +67,63 @@ class EpisodeRecorder:
     finally:
       writer.release()
     self.written.append(self._paths[row])
+
+
+def frame_sheet(videos: Sequence[tuple[str, str]], output: str, num_frames: int = 5) -> None:
+  """Writes a PNG: one row per (label, video path), `num_frames` frames evenly spaced over it.
+
+  Raises:
+    ValueError: a video that cannot be read (missing, or not a video), named.
+  """
+  rows = []
+  for label, path in videos:
+    capture = cv2.VideoCapture(path)
+    frames = []
+    while True:
+      ok, frame = capture.read()
+      if not ok:
+        break
+      frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    capture.release()
+    if not frames:
+      raise ValueError(f"{path}: no frames could be read (not a video written by this module?)")
+    picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
+    gap = np.full((frames[0].shape[0], 4), 255, np.uint8)
+    strip = np.concatenate([part for i in picks for part in (frames[i], gap)][:-1], axis=1)
+    title = np.full((28, strip.shape[1]), 255, np.uint8)
+    text = f"{label}: frames {', '.join(str(i) for i in picks)} of {len(frames)}"
+    cv2.putText(title, text, (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 0, 1, cv2.LINE_AA)
+    rows.append(np.concatenate([title, strip]))
+  width = max(row.shape[1] for row in rows)
+  rows = [np.pad(row, ((0, 0), (0, width - row.shape[1])), constant_values=255) for row in rows]
+  if not cv2.imwrite(output, np.concatenate(rows)):
+    raise OSError(f"OpenCV cannot write {output}.")
+
+
+def main() -> None:
+  """The CLI: a frame sheet of the videos named by --videos."""
+  from absl import flags
+
+  from scaled_ql import cli
+
+  f = flags.FLAGS
+  videos = []
+  for item in f.videos:
+    label, sep, path = item.partition("=")
+    if not sep or not os.path.isfile(path):
+      raise cli.UserError(f"--videos item {item!r}: expected LABEL=PATH of an existing video.")
+    videos.append((label, path))
+  frame_sheet(videos, f.output, f.num_frames)
+  print(f"Wrote {f.output}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+
+  from scaled_ql import cli
+
+  flags.DEFINE_list("videos", None, "LABEL=PATH of each video, one row each.")
+  flags.DEFINE_string("output", None, "The PNG to write.")
+  flags.DEFINE_integer("num_frames", 5, "Frames per video.")
+  flags.mark_flags_as_required(["videos", "output"])
+  app.run(lambda argv: cli.run_main(main))

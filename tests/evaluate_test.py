@@ -5,12 +5,14 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
 
-from scaled_ql import atari, evaluate, games, runs, types
+from scaled_ql import atari, evaluate, games, runs, types, video
 
 _noop_policy = types.FunctionPolicy(lambda obs, game_id: np.zeros(len(obs), np.int32))
 
@@ -215,3 +217,20 @@ def test_video_of_each_games_first_episode(tmp_path):
     assert frames[0].shape == (336, 336)
     first = cv2.resize(frames[5], (84, 84), interpolation=cv2.INTER_AREA).astype(float)
     assert np.abs(first - recorded[5][g]).mean() < 8.0
+  # The frame sheet: a labelled row per video, frames 0, 15 and 29 (evenly spaced).
+  sheet_path = str(tmp_path / "sheet.png")
+  video.frame_sheet([(g, str(tmp_path / "v" / f"{g}_v0.mp4")) for g in ("Breakout", "Pong")],
+                    sheet_path, num_frames=3)  # fmt: skip
+  sheet = cv2.imread(sheet_path, cv2.IMREAD_GRAYSCALE)
+  assert sheet.shape == (2 * (28 + 336), 3 * 336 + 2 * 4)
+  pong_last = sheet[28 + 336 + 28 :, 2 * (336 + 4) :]
+  np.testing.assert_allclose(pong_last, frames[29], atol=1)  # `frames`: Pong's, read above.
+
+
+def test_frame_sheet_cli_names_a_bad_video(tmp_path):
+  out = subprocess.run(
+    [sys.executable, "-m", "scaled_ql.video", f"--videos=scratch={tmp_path / 'missing.mp4'}",
+     f"--output={tmp_path / 'sheet.png'}"], capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert "missing.mp4" in out.stderr and "LABEL=PATH" in out.stderr

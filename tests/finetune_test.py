@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from scaled_ql import finetune as finetune_cli
+
 TINY_NETWORK = (
   "NetworkConfig.torso = 'small'", "NetworkConfig.widths = (8, 8, 8, 8)",
   "NetworkConfig.projection_dim = 16", "NetworkConfig.spatial_embedding_features = 2",
@@ -64,11 +66,31 @@ def test_bad_input_is_one_line_before_any_work(source_run, tmp_path):
     (["--game=Breakout", "--variant=99"], "Valid variants: 0 (mode 0, difficulty 0)"),
     (["--game=Breakout", "--variant=1"], "bash launch/local.sh"),  # No default run here.
     (["--game=Breakout", "--mode=offline", f"--init_from={source}"], "--allow_seen_game"),
+    (["--game=Pong", "--mode=offline", "--init_from=none"], "data.ReplayDataset.shard_dir"),
+    (["--game=Breakout", "--init_from=none", f"--network_from={tmp_path}/x"], "--network_from="),
+    (["--game=Breakout", f"--init_from={source}", f"--network_from={source}"], "is for --init"),
   ]
   for args, expected in cases:
     out = finetune(tmp_path, *args, f"--workdir={tmp_path / 'run'}", ok=False)
     assert expected in out.stderr, (args, out.stderr[-2000:])
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_scratch_builds_the_network_of_the_run_it_is_compared_with(source_run):
+  root, source = source_run
+  workdir = str(root / "scratch")
+  finetune(root, "--game=Breakout", "--variant=1", "--init_from=none", f"--network_from={source}",
+           f"--workdir={workdir}", "--gin_bindings=train.num_grad_steps = 4")  # fmt: skip
+  with open(os.path.join(workdir, "run_info.json")) as f:
+    info = json.load(f)
+  assert info["init"] == "scratch" and info["method_config"]["network"]["widths"] == [8, 8, 8, 8]
+
+
+def test_a_cpu_model_gets_the_miniature_budget():
+  assert finetune_cli.default_gin_file("online", {"torso": "small"}) == "local_finetune_online.gin"
+  assert finetune_cli.default_gin_file("offline", {"torso": "tiny"}) == "local_finetune_offline.gin"
+  assert finetune_cli.default_gin_file("online", {"torso": "resnet101"}) == "finetune_online.gin"
+  assert finetune_cli.default_gin_file("offline", None) == "finetune_offline.gin"
 
 
 def test_offline_finetuning_on_an_unseen_game_completes(source_run):

@@ -7,6 +7,8 @@ and the run "bc" 0.0 and 0.0.
 """
 
 import csv
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +21,8 @@ import pytest
 from scaled_ql import games, runs
 from scaled_ql.report import build, compare, plots, scores, tables
 
-_PNGS = ["iqm_ci.png", "per_game.png", "performance_profile.png", "scaling.png"]
+_PNGS = ["iqm_ci.png", "per_game.png", "performance_profile.png", "scaling.png",
+         "finetune_curves.png"]  # fmt: skip
 _TABLES = [
   "main_table.md", "main_table.csv", "main_table.tex", "per_game.md", "per_game.csv",
   "finetune_offline.md", "finetune_offline.csv", "finetune_online.md", "finetune_online.csv",
@@ -248,6 +251,45 @@ def test_cli_writes_the_report(run_root, tmp_path):
   assert f"Wrote the report to {tmp_path}/report.md" in proc.stdout
   with open(tmp_path / "main_table.csv") as f:
     assert list(csv.reader(f))[1][1] == "75.0% [75.0, 75.0]"
+
+
+def _write_online_run(workdir, init, seed, returns_by_window):
+  """An online fine-tuning run on Breakout variant 1 with its logged training episodes."""
+  os.makedirs(workdir)
+  info = dict(method="scaled_ql", phase="online_finetune", init=init, seed=seed, num_params=10,
+              data_quality="online", game_names=["Breakout"])  # fmt: skip
+  runs.write_run_info(workdir, info, "")
+  results = dataclasses.replace(_results({"Breakout": [returns_by_window[-1]]}), variant=1)
+  runs.write_results(workdir, results, checkpoint_step=len(returns_by_window))
+  with open(os.path.join(workdir, runs.METRICS_FILE), "w") as f:
+    for k, value in enumerate(returns_by_window):
+      row = {"step": 10 * (k + 1), "online/env_steps": 100 + 40 * (k + 1), "loss": 1.0}
+      if value is not None:  # A window in which no episode ended logs no return.
+        row["online/episode_return"] = value
+      f.write(json.dumps(row) + "\n")
+
+
+def test_finetune_learning_curves(tmp_path):
+  _write_online_run(str(tmp_path / "p0"), "pretrained", 0, [1.0, 2.0, None, 4.0, 5.0, 6.0])
+  _write_online_run(str(tmp_path / "p1"), "pretrained", 1, [3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+  _write_online_run(str(tmp_path / "s0"), "scratch", 0, [0.0] * 6)
+  loaded, _ = build.load_runs([str(tmp_path / d) for d in ("p0", "p1", "s0")], "custom")
+  left_out = []
+  curves = build.finetune_curves(loaded, left_out)
+  assert not left_out
+  (panel,) = curves
+  assert panel.title == "Breakout v1 (online)" and panel.x_label == "environment steps"
+  (x0, y0), (x1, _) = curves[panel]["pretrained"]
+  np.testing.assert_array_equal(x0, [140, 180, 260, 300, 340])  # The window without episodes.
+  np.testing.assert_array_equal(y0, [1, 2, 4, 5, 6])
+  assert len(x1) == 6 and len(curves[panel]["scratch"]) == 1
+  # Smoothed over 5 logs, each mean at its last window: run 0 has one point (340: 3.6), run 1
+  # two (300: 5.0, 340: 6.0); on run 0's grid, within both runs' range: x = 340 only.
+  grid, ys = plots._on_common_grid(curves[panel]["pretrained"], smooth=True)
+  np.testing.assert_array_equal(grid, [340])
+  np.testing.assert_allclose(ys[:, 0], [3.6, 6.0])
+  plots.plot_learning_curves(str(tmp_path / "curves.png"), curves)
+  assert matplotlib.image.imread(str(tmp_path / "curves.png")).shape[1] > 100
 
 
 def test_finetune_table_uses_dqn_reference_when_given(tmp_path):

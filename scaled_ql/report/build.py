@@ -9,6 +9,8 @@ subdirectories are runs is expanded. The report writes:
   cells IQM [95% CI] and median of human-normalised scores (largest model of each method);
 - per_game.{md,csv}; finetune_offline.{md,csv}; finetune_online.{md,csv};
 - iqm_ci.png, per_game.png, performance_profile.png, scaling.png (+ scaling.csv);
+- finetune_curves.png: return vs environment steps (online) or gradient steps (offline),
+  pretrained vs scratch, mean over seeds with their range;
 - report.md: an index with every run used, its protocol and checkpoint, and what was left out.
 
 Nothing is dropped silently: every run or game not in a table is listed with the reason.
@@ -108,6 +110,35 @@ def load_runs(dirs: Sequence[str], protocol: str) -> tuple[list[Run], list[str]]
       )
     )
   return loaded, left_out
+
+
+def finetune_curves(phase_runs: Sequence[Run], left_out: list[str]) -> dict:
+  """Learning curves of fine-tuning runs, from their metrics.jsonl.
+
+  Online: the mean return of the training episodes of each log window against environment
+  steps; offline: the evaluation return against gradient steps.
+
+  Returns:
+    {plots.CurvePanel: {init: [(x [n], y [n]) per run]}}, init 'pretrained' or 'scratch'.
+  """
+  curves = collections.defaultdict(lambda: collections.defaultdict(list))
+  for run in phase_runs:
+    game, variant = next(iter(run.results.games)), run.results.variant
+    online = run.phase == "online_finetune"
+    y_key = "online/episode_return" if online else f"eval/{game}/return"
+    rows = [row for row in runs.read_metrics(run.workdir) if y_key in row]
+    if not rows:
+      left_out.append(f"curves: run {run.workdir} logged no {y_key}")
+      continue
+    xs = [row["online/env_steps"] if online else row["step"] for row in rows]
+    panel = plots.CurvePanel(
+      f"{game} v{variant} (online)" if online else f"{game} (offline)",
+      "environment steps" if online else "gradient steps",
+      "training episodes' return" if online else "evaluation return",
+      smooth=online,
+    )
+    curves[panel][run.init].append((np.asarray(xs, float), np.asarray([r[y_key] for r in rows])))
+  return {panel: dict(by_init) for panel, by_init in curves.items()}
 
 
 def reference_entries() -> list[dict]:
@@ -242,19 +273,22 @@ def build_report(
     per_game_rows,
   )
 
-  # -- Fine-tuning tables.
+  # -- Fine-tuning tables and learning curves.
+  curves = {}
   for phase in ("offline_finetune", "online_finetune"):
     phase_runs = [r for r in loaded if r.phase == phase]
     name = "finetune_" + phase.split("_")[0]
     tables.finetune_table(output, name, phase_runs, dqn_reference)
     if not phase_runs:
       left_out.append(f"{name}: no runs with phase '{phase}' (table written empty)")
+    curves.update(finetune_curves(phase_runs, left_out))
 
   # -- Plots (written even when empty, so the set of files is always the same).
   plots.plot_intervals(os.path.join(output, "iqm_ci.png"), estimates)
   plots.plot_per_game(os.path.join(output, "per_game.png"), per_game_hns)
   plots.plot_profiles(os.path.join(output, "performance_profile.png"), matrices, reps, seed)
   plots.scaling(output, estimates, left_out)
+  plots.plot_learning_curves(os.path.join(output, "finetune_curves.png"), curves)
   _write_index(output, loaded, left_out, protocol, task_bootstrap, reps)
   return left_out
 
@@ -270,7 +304,7 @@ def _write_index(output, loaded, left_out, protocol, task_bootstrap, reps) -> No
     "",
     "Tables: main_table.{md,csv,tex}, per_game.{md,csv}, finetune_offline.{md,csv}, "
     "finetune_online.{md,csv}, scaling.csv. Plots: iqm_ci.png, per_game.png, "
-    "performance_profile.png, scaling.png.",
+    "performance_profile.png, scaling.png, finetune_curves.png.",
     "",
     "## Main table",
     "",

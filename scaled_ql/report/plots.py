@@ -1,4 +1,5 @@
-"""PNG plots for the report: IQM intervals, per-game bars, performance profiles, scaling.
+"""PNG plots for the report: IQM intervals, per-game bars, performance profiles, scaling,
+fine-tuning learning curves.
 
 `build` gathers the numbers; this module only draws them (headless, Agg backend).
 """
@@ -6,6 +7,7 @@
 import collections
 import csv
 import os
+from typing import NamedTuple
 
 import matplotlib
 
@@ -143,3 +145,58 @@ def scaling(output, estimates, left_out):
     csv.writer(f).writerows(
       [["method", "data_quality", "num_sizes", "exponent", "coefficient", "r_squared"], *rows]
     )
+
+
+SMOOTHING_POINTS = 5  # Smoothed curves: a running mean over this many logged points.
+
+
+class CurvePanel(NamedTuple):
+  title: str
+  x_label: str
+  y_label: str
+  smooth: bool  # Noisy points (training episodes' returns): drawn as a running mean.
+
+
+def plot_learning_curves(path, curves):
+  """One panel per game (variant): pretrained vs scratch, mean over runs and their range.
+
+  Args:
+    path: the PNG to write.
+    curves: {CurvePanel: {init: [(x [n], y [n]) per run]}} (`build.finetune_curves`).
+  """
+  panels = sorted(curves)
+  fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5 * max(1, len(panels)), 3.5),
+                           squeeze=False)  # fmt: skip
+  for ax, panel in zip(axes[0], panels, strict=False):
+    for init, color in (("pretrained", "C0"), ("scratch", "C1")):
+      if init not in curves[panel]:
+        continue
+      grid, ys = _on_common_grid(curves[panel][init], panel.smooth)
+      ax.plot(grid, ys.mean(0), color=color, label=f"{init} ({len(ys)} runs)")
+      ax.fill_between(grid, ys.min(0), ys.max(0), color=color, alpha=0.2, lw=0)
+    ax.set_title(panel.title)
+    ax.set_xlabel(panel.x_label)
+    ax.set_ylabel(panel.y_label + (f" (mean of {SMOOTHING_POINTS} logs)" if panel.smooth else ""))
+    ax.legend(fontsize=7)
+  if not panels:
+    axes[0][0].set_title("no fine-tuning runs")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _on_common_grid(runs_xy, smooth: bool):
+  """Runs' curves interpolated on the first run's x within the range all runs cover.
+
+  Returns:
+    grid [n], ys [num_runs, n].
+  """
+  if smooth:
+    kernel = np.ones(SMOOTHING_POINTS) / SMOOTHING_POINTS
+    runs_xy = [(x, np.convolve(y, kernel, "valid")) if len(y) >= SMOOTHING_POINTS else (x, y)
+               for x, y in runs_xy]  # fmt: skip
+    runs_xy = [(x[len(x) - len(y) :], y) for x, y in runs_xy]  # Each mean at its window's end.
+  low = max(x[0] for x, _ in runs_xy)
+  high = min(x[-1] for x, _ in runs_xy)
+  grid = runs_xy[0][0][(runs_xy[0][0] >= low) & (runs_xy[0][0] <= high)]
+  return grid, np.stack([np.interp(grid, x, y) for x, y in runs_xy])
