@@ -15,7 +15,11 @@
 #                                into WORKDIR/data (the miniature has no DQN agent for them)
 #   WORKDIR=workdirs/finetune    the runs (WORKDIR/{online,offline}/GAME[_vK]/INIT_seedS), data
 #                                and report (WORKDIR/report)
-#   GIN_FILE=                    default: chosen by `scaled_ql.finetune` from the model
+#   GIN_ONLINE=, GIN_OFFLINE=    gin files of the two modes; default: chosen by
+#                                `scaled_ql.finetune` from the model (a CPU model's miniature
+#                                budgets, gin/local_finetune_*.gin, or the paper's)
+#   ROWS=50000                   rows of each collected checkpoint (without SHARD_DIR)
+#   PROTOCOL=dqn                 the evaluations the report reads (custom: a gin-set protocol)
 # Every run resumes: run it again after an interruption and it continues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,28 +36,28 @@ if [ ! -e "$INIT_FROM/run_info.json" ] && [ ! -e "$INIT_FROM/../../run_info.json
     "set INIT_FROM to a run directory" >&2
   exit 2
 fi
-extra=()
-[ -n "${GIN_FILE:-}" ] && extra+=(--gin_file="$GIN_FILE")
 
 if [ -n "$OFFLINE" ] && [ -z "${SHARD_DIR:-}" ]; then
   SHARD_DIR=$WORKDIR/data/shards
-  echo "== collecting a uniform-random checkpoint (50k rows) of: ${OFFLINE}"
+  echo "== collecting a uniform-random checkpoint (${ROWS:-50000} rows) of: ${OFFLINE}"
   games=${OFFLINE// /,}
   $PY -m data_prep.collect --output_dir="$WORKDIR/data/replay" --games="$games" --runs=1 \
-    --checkpoint_size=50000 --num_envs=8 --num_checkpoints=1 --policy=random
+    --checkpoint_size="${ROWS:-50000}" --num_envs=8 --num_checkpoints=1 --policy=random
   $PY -m data_prep.convert --replay_dir="$WORKDIR/data/replay" --shard_dir="$SHARD_DIR" \
     --games="$games" --runs=1
 fi
 
 run() {  # run MODE NAME INIT SEED [flags...]
-  local mode=$1 name=$2 init=$3 seed=$4
+  local mode=$1 name=$2 init=$3 seed=$4 gin=()
   shift 4
+  [ "$mode" = online ] && [ -n "${GIN_ONLINE:-}" ] && gin=(--gin_file="$GIN_ONLINE")
+  [ "$mode" = offline ] && [ -n "${GIN_OFFLINE:-}" ] && gin=(--gin_file="$GIN_OFFLINE")
   local from=(--init_from="$INIT_FROM") label=pretrained
   # From scratch: the same network as the pretrained run's (from its run_info.json).
   [ "$init" = scratch ] && from=(--init_from=none --network_from="$INIT_FROM") && label=scratch
   echo "== $mode fine-tuning: $name, $label, seed $seed"
   $PY -m scaled_ql.finetune --mode="$mode" "${from[@]}" --seed="$seed" \
-    --workdir="$WORKDIR/$mode/$name/${label}_seed$seed" "${extra[@]}" "$@"
+    --workdir="$WORKDIR/$mode/$name/${label}_seed$seed" "${gin[@]}" "$@"
 }
 
 for seed in $SEEDS; do
@@ -72,12 +76,28 @@ for seed in $SEEDS; do
 done
 
 runs=$(ls -d "$WORKDIR"/online/* "$WORKDIR"/offline/* 2>/dev/null | paste -sd, -)
-$PY -m scaled_ql.report --runs="$runs" --output="$WORKDIR/report" --verbosity=-1 >/dev/null
+$PY -m scaled_ql.report --runs="$runs" --output="$WORKDIR/report" --protocol="${PROTOCOL:-dqn}" \
+  --verbosity=-1 >/dev/null
 for table in finetune_online finetune_offline; do
   echo
-  echo "$table (return on real ALE, DQN Replay protocol; mean ± sd over seeds):"
+  echo "$table (return on real ALE, protocol ${PROTOCOL:-dqn}; mean ± sd over seeds):"
   cat "$WORKDIR/report/$table.md"
+done
+# Frames of the first seed's agents on each variant, from their last evaluation's video.
+first_seed=${SEEDS%% *}
+for pair in $ONLINE; do
+  name="${pair%%:*}_v${pair##*:}"
+  videos=()
+  for label in pretrained scratch; do
+    video=$(ls "$WORKDIR/online/$name/${label}_seed$first_seed"/videos/step_*/*.mp4 \
+      2>/dev/null | tail -1 || true)
+    [ -n "$video" ] && videos+=("$label=$video")
+  done
+  if [ ${#videos[@]} -gt 0 ]; then
+    $PY -m scaled_ql.video --videos="$(IFS=,; echo "${videos[*]}")" \
+      --output="$WORKDIR/report/frames_$name.png"
+  fi
 done
 echo
 echo "Learning curves: $WORKDIR/report/finetune_curves.png   Runs: $WORKDIR/{online,offline}"
-echo "Videos of the online agents: $WORKDIR/online/*/*/videos   Report: $WORKDIR/report/report.md"
+echo "Frames: $WORKDIR/report/frames_*.png   Report: $WORKDIR/report/report.md"

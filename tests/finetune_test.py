@@ -1,5 +1,6 @@
 """`python -m scaled_ql.finetune` as its users run it: online on real Breakout variants."""
 
+import csv
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ import pytest
 
 from scaled_ql import finetune as finetune_cli
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_NETWORK = (
   "NetworkConfig.torso = 'small'", "NetworkConfig.widths = (8, 8, 8, 8)",
   "NetworkConfig.projection_dim = 16", "NetworkConfig.spatial_embedding_features = 2",
@@ -18,7 +20,7 @@ TINY_NETWORK = (
 def finetune(cwd, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
   """Runs the CLI in `cwd` (where no embedded-default run exists) with the debug gin file."""
   out = subprocess.run(
-    [sys.executable, "-m", "scaled_ql.finetune", "--gin_file=finetune_debug.gin", *args],
+    [sys.executable, "-m", "scaled_ql.finetune", "--gin_file=finetune_online_debug.gin", *args],
     capture_output=True, text=True, timeout=600, cwd=cwd,
   )  # fmt: skip
   if ok:
@@ -93,35 +95,31 @@ def test_a_cpu_model_gets_the_miniature_budget():
   assert finetune_cli.default_gin_file("offline", None) == "finetune_offline.gin"
 
 
-def test_offline_finetuning_on_an_unseen_game_completes(source_run):
+def test_launch_script_compares_pretrained_and_scratch_offline_and_online(source_run):
+  """launch/finetune.sh: collects an unseen game's data, fine-tunes pretrained and scratch
+  offline on it and online on a variant, and reports; offline on real ALE Pong's data."""
   root, source = source_run
-  for module, args in (
-    ("data_prep.collect", [f"--output_dir={root}/replay", "--games=Pong", "--num_checkpoints=1",
-                           "--checkpoint_size=600", "--policy=random", "--num_envs=2"]),
-    ("data_prep.convert", [f"--replay_dir={root}/replay", f"--shard_dir={root}/shards",
-                           "--games=Pong"]),
-  ):  # fmt: skip
-    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                         timeout=600)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-  workdir = str(root / "offline")
-  tiny = (
-    f"data.ReplayDataset.shard_dir = '{root}/shards'", "data.ReplayDataset.row_fraction = 1.0",
-    "data.ReplayDataset.pool_rows = 1024", "data.ReplayDataset.chunk_rows = 128",
-    "data.ReplayDataset.num_io_threads = 1", "train.num_grad_steps = 4", "train.global_batch_size = 8",
-    "train.checkpoint_every_steps = 4", "train.log_every_steps = 2",
-    "evaluate.make_eval_fn.num_episodes = 1", "evaluate.make_eval_fn.protocol = @atari.Protocol()",
-    "atari.Protocol.max_episode_steps = 30",
-  )  # fmt: skip
-  out = subprocess.run(
-    [sys.executable, "-m", "scaled_ql.finetune", "--mode=offline", "--game=Pong",
-     f"--init_from={source}", f"--workdir={workdir}", "--gin_file=finetune_offline.gin",
-     *(f"--gin_bindings={b}" for b in tiny)],
-    capture_output=True, text=True, timeout=600, cwd=root,
-  )  # fmt: skip
+  workdir = root / "launch"
+  env = dict(os.environ, WORKDIR=str(workdir), INIT_FROM=source, ONLINE="Breakout:1",
+             OFFLINE="Pong", SEEDS="0", ROWS="600", GIN_ONLINE="finetune_online_debug.gin",
+             GIN_OFFLINE="finetune_offline_debug.gin", PROTOCOL="custom")  # fmt: skip
+  out = subprocess.run(["bash", os.path.join(REPO, "launch", "finetune.sh")], env=env,
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
   assert out.returncode == 0, out.stderr[-5000:]
-  assert "new heads: ['Pong']" in out.stderr
-  with open(os.path.join(workdir, "run_info.json")) as f:
-    info = json.load(f)
-  assert info["phase"] == "offline_finetune" and info["init"] == "pretrained"
-  assert os.listdir(os.path.join(workdir, "eval"))  # Evaluated on real ALE Pong.
+  assert "new heads: ['Pong']" in out.stderr  # Pretrained offline: a fresh head for Pong.
+  for mode, name in (("offline", "Pong"), ("online", "Breakout_v1")):
+    for init in ("pretrained", "scratch"):
+      with open(workdir / mode / name / f"{init}_seed0" / "run_info.json") as f:
+        info = json.load(f)
+      assert info["phase"] == f"{mode}_finetune" and info["init"] == init
+      assert info["method_config"]["network"]["widths"] == [8, 8, 8, 8]  # The same network.
+  with open(workdir / "report" / "finetune_offline.csv") as f:
+    (offline,) = list(csv.DictReader(f))
+  with open(workdir / "report" / "finetune_online.csv") as f:
+    (online,) = list(csv.DictReader(f))
+  assert (offline["Game"], offline["Variant"]) == ("Pong", "0")
+  assert (online["Game"], online["Variant"]) == ("Breakout", "1")
+  for row in (offline, online):
+    assert row["pretrained runs"] == "1" and row["scratch runs"] == "1"
+  assert (workdir / "report" / "finetune_curves.png").stat().st_size > 0
+  assert "finetune_online" in out.stdout and "| Breakout | 1 |" in out.stdout

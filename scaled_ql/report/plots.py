@@ -63,7 +63,8 @@ def plot_per_game(path, per_game_hns):
   ax.set_xticks(np.arange(len(game_names)) + 0.4 - width / 2, game_names, rotation=60, ha="right")
   ax.set_ylabel("human-normalised score (%)")
   ax.axhline(100, color="gray", lw=0.5, ls="--")
-  ax.legend(fontsize=7)
+  if per_game_hns:
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -82,7 +83,8 @@ def plot_profiles(path, matrices, reps, seed):
     ax.fill_between(100 * taus, cis[label][0], cis[label][1], alpha=0.2)
   ax.set_xlabel("human-normalised score threshold tau (%)")
   ax.set_ylabel("fraction of runs x games with score > tau")
-  ax.legend(fontsize=7)
+  if profiles:
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
