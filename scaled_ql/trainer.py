@@ -125,11 +125,28 @@ def train(
   if start_step >= num_grad_steps:
     logging.info("%s already holds the finished run (step %d); bind a larger "
                  "train.num_grad_steps to train it further.", workdir, start_step)  # fmt: skip
+
+  def current_policy():
+    """A policy on the current parameters (for evaluation, and a source that acts); valid until
+    the next step (the step donates the state), so a source asks for it anew before each batch."""
+    return learner.make_policy(evaluated_params(state))
+
+  # The first batch comes before anything is written: data that cannot make one (no valid
+  # transition, batches the method cannot take) stops the run with the workdir untouched.
+  logging.info("Data: %s", dataset.describe())
+  batches = dataset.iterate(start_step, current_policy)
+  try:
+    first_batch = next(batches) if start_step < num_grad_steps else None
+    if first_batch is not None:
+      _check_batch(first_batch, learner.example_batch(local_batch_size))
+  except BaseException:
+    batches.close()
+    dataset.close()
+    raise
   num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
   if jax.process_index() == 0:
     run_info.update(num_params=num_params, data_quality=data_quality or dataset.data_quality)
     runs.write_run_info(workdir, run_info, gin.operative_config_str())
-  logging.info("Data: %s", dataset.describe())
 
   step_fn = train_step_lib.make_train_step(
     learner.loss_fn,
@@ -152,11 +169,6 @@ def train(
     disable=jax.process_index() != 0,
   )
 
-  def current_policy():
-    """A policy on the current parameters (for evaluation, and a source that acts); valid until
-    the next step (the step donates the state), so a source asks for it anew before each batch."""
-    return learner.make_policy(evaluated_params(state))
-
   def run_eval(step: int) -> dict[str, float]:
     eval_scalars = eval_fn(current_policy(), game_names, step, workdir)
     writer.write(step, eval_scalars)
@@ -168,12 +180,9 @@ def train(
   # first non-finite step.
   last_logged, window_start, window_time = {}, start_step, time.time()
   step, window = start_step, []
-  batches = dataset.iterate(start_step, current_policy)
   try:
     while step < num_grad_steps:
-      batch = next(batches)
-      if step == start_step:
-        _check_batch(batch, learner.example_batch(local_batch_size))
+      batch, first_batch = first_batch if first_batch is not None else next(batches), None
       state, step_metrics = step_fn(state, sharding.put_batch(batch, mesh))
       step += 1
       window.append(step_metrics)

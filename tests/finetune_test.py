@@ -17,10 +17,10 @@ TINY_NETWORK = (
 )  # fmt: skip
 
 
-def finetune(cwd, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
-  """Runs the CLI in `cwd` (where no embedded-default run exists) with the debug gin file."""
+def finetune(cwd, *args: str, ok: bool = True, gin_file: str = "finetune_online_debug.gin"):
+  """Runs the CLI in `cwd` (where no embedded-default run exists) with a debug gin file."""
   out = subprocess.run(
-    [sys.executable, "-m", "scaled_ql.finetune", "--gin_file=finetune_online_debug.gin", *args],
+    [sys.executable, "-m", "scaled_ql.finetune", f"--gin_file={gin_file}", *args],
     capture_output=True, text=True, timeout=600, cwd=cwd,
   )  # fmt: skip
   if ok:
@@ -123,3 +123,11 @@ def test_launch_script_compares_pretrained_and_scratch_offline_and_online(source
     assert row["pretrained runs"] == "1" and row["scratch runs"] == "1"
   assert (workdir / "report" / "finetune_curves.png").stat().st_size > 0
   assert "finetune_online" in out.stdout and "| Breakout | 1 |" in out.stdout
+  # A selection of the data too small to hold a transition: one line, nothing written.
+  empty = finetune(root, "--mode=offline", "--game=Pong", "--init_from=none",
+                   f"--workdir={root / 'empty'}",
+                   f"--gin_bindings=data.ReplayDataset.shard_dir = '{workdir}/data/shards'",
+                   "--gin_bindings=data.ReplayDataset.row_fraction = 0.001",
+                   gin_file="finetune_offline_debug.gin", ok=False)  # fmt: skip
+  assert "Pong: no valid transitions" in empty.stderr
+  assert not os.path.exists(root / "empty" / "run_info.json")

@@ -8,7 +8,8 @@ import numpy as np
 import optax
 import pytest
 
-from scaled_ql import checkpointing, networks, online, optimizers, runs, trainer
+from scaled_ql import checkpointing, networks, online, optimizers, runs, trainer, types
+from scaled_ql.data import source
 from scaled_ql.methods.bc import BC
 from scaled_ql.methods.scaled_ql import ScaledQL
 
@@ -52,6 +53,35 @@ def test_a_data_sources_state_is_saved_with_the_checkpoint(tmp_path):
   data = checkpointer.restore_data(7)
   np.testing.assert_array_equal(data["rows"], rows)
   assert int(data["count"]) == 3
+
+
+class _SmallFrames(source.DataSource):
+  """Batches of 42x42 frames, which the Q-network (84x84) cannot take."""
+
+  closed = False
+
+  def __init__(self, game_names, local_batch_size, seed, process_index=0, process_count=1):
+    del game_names, seed, process_index, process_count
+    self.batch_size = local_batch_size
+
+  def iterate(self, start_step, current_policy=None):
+    n = self.batch_size
+    frames = np.zeros((n, 42, 42, 4), np.uint8)
+    while True:
+      yield types.Batch(frames, np.zeros(n, np.int32), np.zeros(n, np.float32),
+                        np.ones(n, np.float32), frames, np.zeros(n, np.int32))  # fmt: skip
+
+  def close(self):
+    _SmallFrames.closed = True
+
+
+def test_batches_the_method_cannot_take_stop_the_run_before_anything_is_written(tmp_path):
+  workdir = str(tmp_path / "run")
+  with pytest.raises(ValueError, match="do not fit the method"):
+    trainer.train(workdir, game_names=["Pong"], dataset_fn=_SmallFrames,
+                  method=ScaledQL(network=SMALL), global_batch_size=4, num_grad_steps=3)  # fmt: skip
+  assert _SmallFrames.closed
+  assert not runs.is_run(workdir) and not checkpointing.has_checkpoint(workdir)
 
 
 def test_unknown_game_is_named():
