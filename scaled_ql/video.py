@@ -77,27 +77,38 @@ def frame_sheet(videos: Sequence[tuple[str, str]], output: str, num_frames: int 
   """
   rows = []
   for label, path in videos:
-    capture = cv2.VideoCapture(path)
-    frames = []
-    while True:
-      ok, frame = capture.read()
-      if not ok:
-        break
-      frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
-    capture.release()
-    if not frames:
+    num = _frames(path, keep=())[1]  # Counted by decoding (an MP4's header count can be off).
+    if not num:
       raise ValueError(f"{path}: no frames could be read (not a video written by this module?)")
-    picks = np.linspace(0, len(frames) - 1, num_frames).round().astype(int)
-    gap = np.full((frames[0].shape[0], 4), 255, np.uint8)
+    picks = np.linspace(0, num - 1, num_frames).round().astype(int)
+    frames = _frames(path, keep=set(picks.tolist()))[0]  # Only the picked frames are kept.
+    gap = np.full((frames[picks[0]].shape[0], 4), 255, np.uint8)
     strip = np.concatenate([part for i in picks for part in (frames[i], gap)][:-1], axis=1)
     title = np.full((28, strip.shape[1]), 255, np.uint8)
-    text = f"{label}: frames {', '.join(str(i) for i in picks)} of {len(frames)}"
+    text = f"{label}: frames {', '.join(str(i) for i in picks)} of {num}"
     cv2.putText(title, text, (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, 0, 1, cv2.LINE_AA)
     rows.append(np.concatenate([title, strip]))
   width = max(row.shape[1] for row in rows)
   rows = [np.pad(row, ((0, 0), (0, width - row.shape[1])), constant_values=255) for row in rows]
   if not cv2.imwrite(output, np.concatenate(rows)):
     raise OSError(f"OpenCV cannot write {output}.")
+
+
+def _frames(path: str, keep) -> tuple[dict[int, np.ndarray], int]:
+  """({index: grayscale frame} for the indices in `keep`, number of frames) of a video."""
+  capture = cv2.VideoCapture(path)
+  kept, num = {}, 0
+  try:
+    while True:
+      ok, frame = capture.read()
+      if not ok:
+        break
+      if num in keep:
+        kept[num] = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+      num += 1
+  finally:
+    capture.release()
+  return kept, num
 
 
 def main() -> None:
