@@ -27,6 +27,8 @@ from scaled_ql.data import replay_buffer, source
 class OnlineSource(source.DataSource):
   """Acts in one game variant's vectorised ALE environments and samples what it played."""
 
+  data_quality = "online"  # Reports' data column: the agent's own play.
+
   def __init__(
     self,
     game_names: Sequence[str],
