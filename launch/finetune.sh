@@ -2,7 +2,7 @@
 # Fine-tuning, pretrained vs from scratch (the same network and budget), over seeds, then the
 # fine-tuning tables and learning curves. By default: the embedded default's run (`bash
 # launch/local.sh` first), online on Breakout variant 1 and offline on SpaceInvaders (unseen),
-# 3 seeds each: 12 runs of about 4 minutes on 2 cores.
+# 3 seeds each: 12 runs of 3-4 minutes, 41 minutes in all on 2 cores.
 #
 #   ONLINE="Breakout:1"          GAME:VARIANT pairs fine-tuned online (the paper's: Freeway,
 #                                Hero and Breakout variants)

@@ -3,7 +3,7 @@
 #   collect real ALE data in the DQN Replay format with a schedule of behaviour quality
 #   (uniform-random play, then a behaviour agent trained on it, at falling epsilon) -> convert
 #   -> pretrain Scaled QL (and the BC baseline on the same data) -> evaluate every game -> a
-#   per-game table. About 35 minutes on 2 cores.
+#   per-game table. About 40 minutes on 2 cores.
 # Every stage resumes: run it again after an interruption and it continues.
 # WORKDIR (default workdirs/local) holds the data, the runs and the results.
 set -euo pipefail

@@ -7,13 +7,13 @@ r"""Fine-tuning a pretrained run: `python -m scaled_ql.finetune`.
 
 `--init_from` (default: the embedded default's pretrained run, workdirs/local/scaled_ql) is a
 run directory or one of its checkpoints (`RUN/checkpoints/STEP`). The network is the starting
-run's own (from its run_info.json; with --init_from=none, the default run's if it exists, so
-that scratch and pretrained compare the same network). Online (`gin/finetune_online.gin`): the
-trainer learns from `online.OnlineSource` on the variant and evaluates on it. Offline
-(`gin/finetune_offline.gin`): it learns from 1% of the game's data. A CPU model (torso 'small'
-or 'tiny', as the embedded default's) gets the miniature budgets instead,
-`gin/local_finetune_{online,offline}.gin`, unless --gin_file names others. The same command in
-the same workdir resumes.
+run's own (from its run_info.json; with --init_from=none, --network_from's, by default the
+default run's if it exists, so that scratch and pretrained compare the same network). Online
+(`gin/finetune_online.gin`): the trainer learns from `online.OnlineSource` on the variant and
+evaluates on it. Offline (`gin/finetune_offline.gin`): it learns from 1% of the game's data. A
+CPU model (torso 'small' or 'tiny', as the embedded default's) gets the miniature budgets
+instead, `gin/local_finetune_{online,offline}.gin`, unless --gin_file names others. The same
+command in the same workdir resumes.
 """
 
 import os
@@ -52,10 +52,10 @@ def _source_info(path: str | None, flag: str = "init_from") -> dict | None:
     return None
   run, _ = initialization.InitFrom(source=path).run_and_step()
   if not runs.is_run(run):
+    scratch = ", or pass --init_from=none to train the same network from scratch"
     raise cli.UserError(
       f"--{flag}={path} is not a training run (no {runs.RUN_INFO_FILE}). Make one with "
-      "`bash launch/local.sh` (or `python -m scaled_ql.pretrain`), or pass --init_from=none "
-      "to train the same network from scratch."
+      f"`bash launch/local.sh` (or `python -m scaled_ql.pretrain`){scratch * (flag == 'init_from')}."
     )
   return runs.read_run_info(run)
 

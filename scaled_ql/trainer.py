@@ -179,6 +179,9 @@ def train(
   # (and before every checkpoint); the window's other steps' are fetched only to name the
   # first non-finite step.
   last_logged, window_start, window_time = {}, start_step, time.time()
+  if start_step >= num_grad_steps:  # A finished run: what it logged last.
+    for row in runs.read_metrics(workdir):
+      last_logged.update({k: v for k, v in row.items() if k != "step"})
   step, window = start_step, []
   try:
     while step < num_grad_steps:

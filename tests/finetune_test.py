@@ -86,6 +86,12 @@ def test_scratch_builds_the_network_of_the_run_it_is_compared_with(source_run):
   with open(os.path.join(workdir, "run_info.json")) as f:
     info = json.load(f)
   assert info["init"] == "scratch" and info["method_config"]["network"]["widths"] == [8, 8, 8, 8]
+  # The same command again: the run is finished; it says so and shows what it logged last.
+  again = finetune(root, "--game=Breakout", "--variant=1", "--init_from=none",
+                   f"--network_from={source}", f"--workdir={workdir}",
+                   "--gin_bindings=train.num_grad_steps = 4")  # fmt: skip
+  assert "already holds the finished run (step 4)" in again.stderr
+  assert "Done: {'online/env_steps': 108.0" in again.stderr  # 100 warm-up + 4 x 2.
 
 
 def test_a_cpu_model_gets_the_miniature_budget():

@@ -28,7 +28,7 @@ def test_gin_file_builds(gin_file):
   files = ["base.gin", gin_file] if fragment else [gin_file]
   games_binding = "train.game_names = ['Breakout', 'Pong']"
   # Fine-tuning files get the game from `python -m scaled_ql.finetune --game=...`.
-  needs_games = fragment or gin_file.startswith("finetune_")
+  needs_games = fragment or "finetune_" in gin_file
   configurables.parse_gin(files, [SHARD_DIR_BINDING] + ([games_binding] if needs_games else []))
   bindings = gin.get_bindings("train")  # Resolves references: builds the method.
   game_names = bindings["game_names"]
