@@ -7,11 +7,12 @@ environment steps per gradient step, batch 32), from scratch.
   * Loop: environment steps/s of `trainer.train` driving `online.OnlineSource` (the current
     policy's forward pass on every observation, epsilon-greedy, the replay buffer's writes and
     n-step batches, the train step, the logging), from its own metrics.jsonl: the median over
-    log windows after the first (which holds the compilation and the random warm-up).
+    log windows after the first (which holds the compilation; the random warm-up comes before
+    the first window).
   * Parts: (a) the environments alone: `atari.VectorEnv` on the same game and variant stepped
     with uniformly random actions (variant 0: ale-py's C++ `AtariVectorEnv`; a variant: the
-    ALE envs the loop then steps one after another); (b) the train step alone: the same
-    learner's compiled step on a batch already on the device. Each is measured for
+    ALE envs the loop then steps one after another); (b) the train step alone: the compiled
+    step of the same gin-bound method on a batch already on the device. Each is measured for
     --part_seconds right before the loop and again right after (the same machine load).
     Combined at k environment steps per gradient step, the parts allow
     k / (k / envs_rate + 1 / step_rate) environment steps/s.
@@ -27,8 +28,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from scaled_ql import atari, configurables, networks, runs, sharding, train_step, trainer
-from scaled_ql.methods.scaled_ql import ScaledQL
+from scaled_ql import atari, configurables, runs, sharding, train_step, trainer
 
 _GAME = flags.DEFINE_string("game", "Breakout", "Game to play.")
 _VARIANT = flags.DEFINE_integer("variant", 0, "Index into atari.variants(game).")
@@ -86,11 +86,12 @@ def envs_rate(num_envs: int, seconds: float) -> float:
 
 def step_rate_fn(batch_size: int):
   """`rate(seconds)`: steps/s of the loop's train step alone, measured for about `seconds`."""
-  learner = ScaledQL(network=networks.NetworkConfig(torso="small")).build([_GAME.value])
+  learner = gin.get_bindings("train")["method"].build([_GAME.value])  # The loop's method.
   mesh = sharding.make_mesh()
   state = train_step.init_train_state(jax.random.PRNGKey(0), learner.init, learner.optimizer,
                                       mesh=mesh)  # fmt: skip
-  step_fn = train_step.make_train_step(learner.loss_fn, learner.optimizer, 500, mesh=mesh)
+  step_fn = train_step.make_train_step(learner.loss_fn, learner.optimizer,
+                                       learner.target_update_period, mesh=mesh)  # fmt: skip
   batch = sharding.put_batch(learner.example_batch(batch_size), mesh)
   holder = [step_fn(state, batch)[0]]  # Compiled.
 

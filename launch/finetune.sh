@@ -2,7 +2,8 @@
 # Fine-tuning, pretrained vs from scratch (the same network and budget), over seeds, then the
 # fine-tuning tables and learning curves. By default: the embedded default's run (`bash
 # launch/local.sh` first), online on Breakout variant 1 and offline on SpaceInvaders (unseen),
-# 3 seeds each: 12 runs of 3-4 minutes, 41 minutes in all on 2 cores.
+# 3 seeds each: 12 runs of 3-6 minutes (the evaluation's share varies), 41 minutes in all
+# on 2 cores.
 #
 #   ONLINE="Breakout:1"          GAME:VARIANT pairs fine-tuned online (the paper's: Freeway,
 #                                Hero and Breakout variants)
@@ -75,7 +76,11 @@ for seed in $SEEDS; do
   done
 done
 
-runs=$(ls -d "$WORKDIR"/online/* "$WORKDIR"/offline/* 2>/dev/null | paste -sd, -)
+runs=$(ls -d "$WORKDIR"/online/* "$WORKDIR"/offline/* 2>/dev/null | paste -sd, - || true)
+if [ -z "$runs" ]; then
+  echo "error: no runs in $WORKDIR/online or $WORKDIR/offline (ONLINE and OFFLINE are empty)" >&2
+  exit 2
+fi
 $PY -m scaled_ql.report --runs="$runs" --output="$WORKDIR/report" --protocol="${PROTOCOL:-dqn}" \
   --verbosity=-1 >/dev/null
 for table in finetune_online finetune_offline; do
@@ -93,11 +98,11 @@ for pair in $ONLINE; do
       2>/dev/null | tail -1 || true)
     [ -n "$video" ] && videos+=("$label=$video")
   done
-  if [ ${#videos[@]} -gt 0 ]; then
+  if [ ${#videos[@]} -gt 0 ]; then  # Evaluations write videos where gin says so (the miniature).
     $PY -m scaled_ql.video --videos="$(IFS=,; echo "${videos[*]}")" \
       --output="$WORKDIR/report/frames_$name.png"
   fi
 done
 echo
 echo "Learning curves: $WORKDIR/report/finetune_curves.png   Runs: $WORKDIR/{online,offline}"
-echo "Frames: $WORKDIR/report/frames_*.png   Report: $WORKDIR/report/report.md"
+echo "Report: $WORKDIR/report/report.md   Frames (when videos were written): $WORKDIR/report/frames_*.png"

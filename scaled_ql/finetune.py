@@ -55,7 +55,8 @@ def _source_info(path: str | None, flag: str = "init_from") -> dict | None:
     scratch = ", or pass --init_from=none to train the same network from scratch"
     raise cli.UserError(
       f"--{flag}={path} is not a training run (no {runs.RUN_INFO_FILE}). Make one with "
-      f"`bash launch/local.sh` (or `python -m scaled_ql.pretrain`){scratch * (flag == 'init_from')}."
+      "`bash launch/local.sh` (or `python -m scaled_ql.pretrain`)"
+      f"{scratch if flag == 'init_from' else ''}."
     )
   return runs.read_run_info(run)
 
@@ -123,9 +124,12 @@ def main() -> None:
   gin_files = gin_files or [default_gin_file(mode, network)]
   configurables.parse_gin(gin_files, _bindings(mode, game, variant, init_from, network)
                           + gin_bindings)  # fmt: skip
-  if mode == "offline" and not _bound("data.ReplayDataset.shard_dir"):
+  reads_shards = getattr(gin.query_parameter("train.dataset_fn"), "selector", "").endswith(
+    "ReplayDataset"
+  )
+  if reads_shards and not _bound("data.ReplayDataset.shard_dir"):
     raise cli.UserError(
-      f"Offline fine-tuning reads {game}'s converted DQN Replay data: pass "
+      f"Fine-tuning reads {game}'s converted DQN Replay data: pass "
       "--gin_bindings=\"data.ReplayDataset.shard_dir = 'DIR'\" (DIR from `python -m "
       "data_prep.convert`; `bash launch/finetune.sh` collects and converts a local slice)."
     )

@@ -7,6 +7,7 @@ an offline source's batches are a pure function of (seed, step), a source fed by
 restored from the checkpoint, so the data stream continues exactly where it stopped.
 """
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
@@ -100,92 +101,94 @@ def train(
   learner = method.build(game_names)
   if init_from is not None:
     learner = init_from.adapt(learner)
-  dataset = dataset_fn(
-    game_names=game_names,
-    local_batch_size=local_batch_size,
-    seed=seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-  )
-
-  # -- Restore or initialise the state.
-  mesh = sharding.make_mesh()
-  checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
-  state, data_state = initialization.restore_or_init(
-    checkpointer, learner, game_names, seed, mesh, fsdp=fsdp, ema=ema_decay > 0,
-    init_from=init_from,
-  )  # fmt: skip
-  if jax.process_count() > 1 and (data_state or dataset.state()):
-    raise ValueError(
-      f"{type(dataset).__name__} keeps state (rows gathered by acting), which is checkpointed "
-      "for one process only; run it with one process."
+  # Whatever stops the run (an error included), what was opened is closed, in reverse order.
+  with contextlib.ExitStack() as cleanup:
+    dataset = dataset_fn(
+      game_names=game_names,
+      local_batch_size=local_batch_size,
+      seed=seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
     )
-  dataset.restore(data_state)
-  start_step = int(state.step)
-  if start_step >= num_grad_steps:
-    logging.info("%s already holds the finished run (step %d); bind a larger "
-                 "train.num_grad_steps to train it further.", workdir, start_step)  # fmt: skip
+    cleanup.callback(dataset.close)
 
-  def current_policy():
-    """A policy on the current parameters (for evaluation, and a source that acts); valid until
-    the next step (the step donates the state), so a source asks for it anew before each batch."""
-    return learner.make_policy(evaluated_params(state))
+    # -- Restore or initialise the state.
+    mesh = sharding.make_mesh()
+    checkpointer = checkpointing.Checkpointer(workdir, max_to_keep=keep_checkpoints)
+    cleanup.callback(checkpointer.wait)
+    state, data_state = initialization.restore_or_init(
+      checkpointer, learner, game_names, seed, mesh, fsdp=fsdp, ema=ema_decay > 0,
+      init_from=init_from,
+    )  # fmt: skip
+    if jax.process_count() > 1 and (data_state or dataset.state()):
+      raise ValueError(
+        f"{type(dataset).__name__} keeps state (rows gathered by acting), which is checkpointed "
+        "for one process only; run it with one process."
+      )
+    dataset.restore(data_state)
+    start_step = int(state.step)
+    if start_step >= num_grad_steps:
+      logging.info("%s already holds the finished run (step %d); bind a larger "
+                   "train.num_grad_steps to train it further.", workdir, start_step)  # fmt: skip
 
-  # The first batch comes before anything is written: data that cannot make one (no valid
-  # transition, batches the method cannot take) stops the run with the workdir untouched.
-  logging.info("Data: %s", dataset.describe())
-  batches = dataset.iterate(start_step, current_policy)
-  try:
+    def current_policy():
+      """A policy on the current parameters (for evaluation, and a source that acts); valid until
+      the next step (the step donates the state), so a source asks for it anew before each batch."""
+      return learner.make_policy(evaluated_params(state))
+
+    # The first batch comes before the run's records: data that cannot make one (no valid
+    # transition, batches the method cannot take) stops the run before run_info.json,
+    # metrics or a checkpoint is written.
+    logging.info("Data: %s", dataset.describe())
+    batches = dataset.iterate(start_step, current_policy)
+    cleanup.callback(batches.close)
     first_batch = next(batches) if start_step < num_grad_steps else None
     if first_batch is not None:
       _check_batch(first_batch, learner.example_batch(local_batch_size))
-  except BaseException:
-    batches.close()
-    dataset.close()
-    raise
-  num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
-  if jax.process_index() == 0:
-    run_info.update(num_params=num_params, data_quality=data_quality or dataset.data_quality)
-    runs.write_run_info(workdir, run_info, gin.operative_config_str())
+    num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
+    if jax.process_index() == 0:
+      run_info.update(num_params=num_params, data_quality=data_quality or dataset.data_quality)
+      runs.write_run_info(workdir, run_info, gin.operative_config_str())
 
-  step_fn = train_step_lib.make_train_step(
-    learner.loss_fn,
-    learner.optimizer,
-    learner.target_update_period,
-    mesh=mesh,
-    state_sharding=jax.tree.map(lambda leaf: leaf.sharding, state),
-    ema_decay=ema_decay,
-  )
-  writer = metrics.MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
-  if eval_fn and jax.process_count() > 1:
-    logging.warning("Periodic evaluation is single-process only; skipped. Evaluate checkpoints "
-                    "with `python -m scaled_ql.evaluate --workdir=...`.")  # fmt: skip
-    eval_fn = None
-  progress = tqdm.tqdm(
-    total=num_grad_steps,
-    initial=start_step,
-    unit="step",
-    dynamic_ncols=True,
-    disable=jax.process_index() != 0,
-  )
+    step_fn = train_step_lib.make_train_step(
+      learner.loss_fn,
+      learner.optimizer,
+      learner.target_update_period,
+      mesh=mesh,
+      state_sharding=jax.tree.map(lambda leaf: leaf.sharding, state),
+      ema_decay=ema_decay,
+    )
+    writer = metrics.MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
+    cleanup.callback(writer.close)
+    if eval_fn and jax.process_count() > 1:
+      logging.warning("Periodic evaluation is single-process only; skipped. Evaluate checkpoints "
+                      "with `python -m scaled_ql.evaluate --workdir=...`.")  # fmt: skip
+      eval_fn = None
+    progress = tqdm.tqdm(
+      total=num_grad_steps,
+      initial=start_step,
+      unit="step",
+      dynamic_ncols=True,
+      disable=jax.process_index() != 0,
+    )
+    cleanup.callback(progress.close)
 
-  def run_eval(step: int) -> dict[str, float]:
-    eval_scalars = eval_fn(current_policy(), game_names, step, workdir)
-    writer.write(step, eval_scalars)
-    writer.flush()
-    return eval_scalars
+    def run_eval(step: int) -> dict[str, float]:
+      eval_scalars = eval_fn(current_policy(), game_names, step, workdir)
+      writer.write(step, eval_scalars)
+      writer.flush()
+      return eval_scalars
 
-  # -- The loop: the step is the only per-step work; metrics are fetched every log window
-  # (and before every checkpoint); the window's other steps' are fetched only to name the
-  # first non-finite step.
-  last_logged, window_start, window_time = {}, start_step, time.time()
-  if start_step >= num_grad_steps:  # A finished run: what it logged last.
-    for row in runs.read_metrics(workdir):
-      last_logged.update({k: v for k, v in row.items() if k != "step"})
-  step, window = start_step, []
-  try:
+    # -- The loop: the step is the only per-step work; metrics are fetched every log window
+    # (and before every checkpoint); the window's other steps' are fetched only to name the
+    # first non-finite step.
+    last_logged, window_start, window_time = {}, start_step, time.time()
+    if start_step >= num_grad_steps:  # A finished run: what it logged last.
+      for row in runs.read_metrics(workdir):
+        last_logged.update({k: v for k, v in row.items() if k != "step"})
+    step, window = start_step, []
     while step < num_grad_steps:
-      batch, first_batch = first_batch if first_batch is not None else next(batches), None
+      batch = first_batch if step == start_step else next(batches)
       state, step_metrics = step_fn(state, sharding.put_batch(batch, mesh))
       step += 1
       window.append(step_metrics)
@@ -215,13 +218,7 @@ def train(
     # The final evaluation also runs when a killed run had checkpointed but not evaluated.
     if eval_fn and step not in runs.steps_with(workdir, "eval/"):
       last_logged = {**last_logged, **run_eval(step)}
-  finally:
-    progress.close()
-    batches.close()
-    dataset.close()
-    checkpointer.wait()
-    writer.close()
-  return last_logged
+    return last_logged
 
 
 def evaluated_params(state):

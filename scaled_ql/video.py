@@ -118,6 +118,8 @@ def main() -> None:
   from scaled_ql import cli
 
   f = flags.FLAGS
+  if f.num_frames < 1:
+    raise cli.UserError(f"--num_frames={f.num_frames}: give at least 1.")
   videos = []
   for item in f.videos:
     label, sep, path = item.partition("=")

@@ -73,7 +73,9 @@ def test_bad_input_is_one_line_before_any_work(source_run, tmp_path):
     (["--game=Breakout", f"--init_from={source}", f"--network_from={source}"], "is for --init"),
   ]
   for args, expected in cases:
-    out = finetune(tmp_path, *args, f"--workdir={tmp_path / 'run'}", ok=False)
+    mode = "offline" if "--mode=offline" in args else "online"
+    out = finetune(tmp_path, *args, f"--workdir={tmp_path / 'run'}", ok=False,
+                   gin_file=f"finetune_{mode}_debug.gin")  # fmt: skip
     assert expected in out.stderr, (args, out.stderr[-2000:])
   assert not os.path.exists(tmp_path / "run")
 

@@ -116,7 +116,8 @@ def finetune_curves(phase_runs: Sequence[Run], left_out: list[str]) -> dict:
   """Learning curves of fine-tuning runs, from their metrics.jsonl.
 
   Online: the mean return of the training episodes of each log window against environment
-  steps; offline: the evaluation return against gradient steps.
+  steps; offline: the evaluation return against gradient steps, from the trainer's periodic
+  evaluations (under the run's own protocol, whatever `--protocol` selects for the tables).
 
   Returns:
     {plots.CurvePanel: {init: [(x [n], y [n]) per run]}}, init 'pretrained' or 'scratch'.

@@ -193,10 +193,9 @@ def _on_common_grid(runs_xy, smooth: bool):
   Returns:
     grid [n], ys [num_runs, n].
   """
-  if smooth:
+  if smooth and all(len(y) >= SMOOTHING_POINTS for _, y in runs_xy):  # All runs alike, or none.
     kernel = np.ones(SMOOTHING_POINTS) / SMOOTHING_POINTS
-    runs_xy = [(x, np.convolve(y, kernel, "valid")) if len(y) >= SMOOTHING_POINTS else (x, y)
-               for x, y in runs_xy]  # fmt: skip
+    runs_xy = [(x, np.convolve(y, kernel, "valid")) for x, y in runs_xy]
     runs_xy = [(x[len(x) - len(y) :], y) for x, y in runs_xy]  # Each mean at its window's end.
   low = max(x[0] for x, _ in runs_xy)
   high = min(x[-1] for x, _ in runs_xy)
