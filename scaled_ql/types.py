@@ -46,6 +46,47 @@ def zeros_batch(batch_size: int) -> Batch:
   )
 
 
+class WindowBatch(NamedTuple):
+  """A batch of windows of consecutive steps of one episode (sequence models: the DT).
+
+  A window of T = 4 steps ending at a state s_t is the state's own 4 frames, one per step,
+  with each step's action, reward and return-to-go. Steps before an episode's first frame are
+  dopamine's padding rows (zero frame, action 0, reward 0), flagged in `padding`; the acting
+  loop's first observations of an episode hold the same zero frames.
+
+  Attributes:
+    obs: uint8 [B, 84, 84, T], frame k is step k's observation (oldest first).
+    action: int32 [B, T], minimal-set action indices.
+    reward: float32 [B, T], clipped rewards.
+    return_to_go: float32 [B, T], sum of the clipped rewards from the step to the episode's end.
+    terminal: bool [B, T], the episode ends at the step.
+    padding: bool [B, T], the step is padding before the episode's first frame.
+    game_id: int32 [B].
+  """
+
+  obs: np.ndarray
+  action: np.ndarray
+  reward: np.ndarray
+  return_to_go: np.ndarray
+  terminal: np.ndarray
+  padding: np.ndarray
+  game_id: np.ndarray
+
+
+def zeros_window_batch(batch_size: int) -> WindowBatch:
+  """An all-zero WindowBatch: the shapes and dtypes of windows of 4 steps."""
+  steps = OBSERVATION_SHAPE[-1]
+  return WindowBatch(
+    obs=np.zeros((batch_size, *OBSERVATION_SHAPE), np.uint8),
+    action=np.zeros((batch_size, steps), np.int32),
+    reward=np.zeros((batch_size, steps), np.float32),
+    return_to_go=np.zeros((batch_size, steps), np.float32),
+    terminal=np.zeros((batch_size, steps), bool),
+    padding=np.zeros((batch_size, steps), bool),
+    game_id=np.zeros(batch_size, np.int32),
+  )
+
+
 class Policy:
   """Chooses actions for N environments at once; may keep state per environment.
 

@@ -12,11 +12,28 @@ import concurrent.futures
 import mmap
 import threading
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from scaled_ql.data import dqn_replay, shards
+from scaled_ql.data import dqn_replay, episodes, shards
 from scaled_ql.data.transitions import STACK, read_chunk, stack_frames_into
+
+
+class EpisodeSelection(NamedTuple):
+  """What the pool keeps of whole episodes (see `episodes.py`).
+
+  Attributes:
+    indices: [game][segment] `episodes.EpisodeIndex`.
+    min_return: per game, the return an episode must reach for its states to be sampled
+      (filtered BC); None keeps every episode.
+    windows: keep each loaded row's action, reward, return-to-go, terminal and padding flag
+      (for `WindowBatch`es), and sample only states whose return-to-go is known.
+  """
+
+  indices: Sequence[Sequence[episodes.EpisodeIndex]]
+  min_return: Sequence[float] | None
+  windows: bool
 
 
 class ChunkPool:
@@ -37,6 +54,7 @@ class ChunkPool:
     process_index: int,
     num_io_threads: int = 4,
     lookahead_steps: int = 16,
+    selection: EpisodeSelection | None = None,
   ):
     self.game_names, self._segments, self._chunks, self._chunk_p = (
       game_names,
@@ -66,6 +84,12 @@ class ChunkPool:
     self.length = np.zeros((num_buffers, chunk_rows), np.int32)
     self.action = np.zeros((num_buffers, chunk_rows), np.int32)
     self.num_valid = np.zeros(num_buffers, np.int64)
+    self._selection = selection
+    if selection is not None and selection.windows:  # per loaded row, for windowed batches
+      rows = (num_buffers, self._loaded_rows)
+      self.row_action, self.row_reward = np.zeros(rows, np.int32), np.zeros(rows, np.float32)
+      self.row_return_to_go = np.zeros(rows, np.float32)
+      self.row_terminal, self.row_padding = np.zeros(rows, bool), np.zeros(rows, bool)
     # Valid states / rows of the chunk held: the weight of its slot (see sampler.py).
     self.valid_fraction = np.zeros(num_buffers, np.float64)
     self.buffer_of_slot = np.arange(self.num_slots)
@@ -110,11 +134,20 @@ class ChunkPool:
       valid, ret, discount, length, action = read_chunk(
         reader, segment, lo, hi, self.n_step, self.gamma, frames
       )
+      facts = None
+      if self._selection is not None:
+        facts = episodes.ChunkEpisodes(
+          reader, segment, self._selection.indices[game][seg_i], max(0, lo - (STACK - 1)),
+          len(action),
+        )  # fmt: skip
+        keep = self._keep(game, facts, valid)
+        valid, ret, discount, length = valid[keep], ret[keep], discount[keep], length[keep]
       if len(valid):
         break
     else:
       raise dqn_replay.DataError(
         f"{self.game_names[game]}: no valid transitions in this host's data"
+        + ("" if self._selection is None else " (after the episode selection)")
       )
     # Shards converted before convert checked actions against the game: check them here too.
     where = ", ".join(part.directory for part in segment.parts)
@@ -126,6 +159,20 @@ class ChunkPool:
     self.action[buffer, :v] = action[valid]
     self.num_valid[buffer] = v
     self.valid_fraction[buffer] = v / (hi - lo)
+    if facts is not None and self._selection.windows:
+      n = len(action)
+      self.row_action[buffer, :n], self.row_reward[buffer, :n] = action, facts.reward
+      self.row_return_to_go[buffer, :n] = facts.return_to_go
+      self.row_terminal[buffer, :n], self.row_padding[buffer, :n] = facts.terminal, facts.padding
+
+  def _keep(self, game: int, facts: episodes.ChunkEpisodes, valid: np.ndarray) -> np.ndarray:
+    """bool [V]: the valid states the episode selection keeps."""
+    keep = np.ones(len(valid), bool)
+    if self._selection.windows:
+      keep &= facts.known[valid]
+    if self._selection.min_return is not None:
+      keep &= facts.whole_return[valid] >= self._selection.min_return[game]  # NaN: not whole
+    return keep
 
   # ------------------------------------------------------------------------------------------------
   # Keeping slots current (called by the one thread that makes batches).

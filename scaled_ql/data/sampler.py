@@ -31,11 +31,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from scaled_ql.data import shards
-from scaled_ql.data.pool import ChunkPool
+from scaled_ql.data import episodes, shards
+from scaled_ql.data.pool import ChunkPool, EpisodeSelection
 from scaled_ql.data.source import DataSource
 from scaled_ql.data.transitions import STACK, read_chunk, stack_frames
-from scaled_ql.types import Batch
+from scaled_ql.types import Batch, WindowBatch
 
 
 def _keep_freed_batches_in_the_heap() -> None:
@@ -78,6 +78,8 @@ class ReplayDataset(DataSource):
     chunk_rows: int | None = None,
     sample_reuse: float = 4.0,
     num_io_threads: int = 4,
+    windows: bool = False,
+    top_episode_fraction: float = 1.0,
   ):
     """Indexes the selected data (reads only metadata); chunks are loaded on first use.
 
@@ -97,9 +99,17 @@ class ReplayDataset(DataSource):
         has at least 8 slots (diversity within a batch) when many games share the pool.
       sample_reuse: expected number of samples of each loaded row before its slot is refilled.
       num_io_threads: threads reading chunks.
+      windows: make `WindowBatch`es (4 consecutive steps of one episode with returns-to-go,
+        for sequence models) instead of n-step `Batch`es; only states whose episode ends in
+        the selected data are sampled (their return-to-go is known).
+      top_episode_fraction: sample only the states of each game's best episodes, this fraction
+        of them by return (filtered BC); 1 keeps all. Only episodes that start and end inside
+        the selected data count (the others' returns are unknown).
     """
     if n_step < 1:
       raise ValueError(f"n_step must be >= 1, got {n_step}")
+    if not 0.0 < top_episode_fraction <= 1.0:
+      raise ValueError(f"top_episode_fraction must be in (0, 1], got {top_episode_fraction}")
     self.game_names = list(game_names)
     self.n_step, self.gamma, self.seed = n_step, gamma, seed
     if chunk_rows is None:
@@ -116,6 +126,8 @@ class ReplayDataset(DataSource):
     if isinstance(suffixes, str):
       self.data_quality = {"all": "near_optimal", "first20": "low_quality"}.get(suffixes)
     runs = shards.parse_runs(runs)
+    self.windows, self.top_episode_fraction = windows, top_episode_fraction
+    self.min_episode_return = None  # per game, with top_episode_fraction < 1
     self._segments, self._chunks, self._chunk_p = [], [], []
     for game in self.game_names:
       segments = shards.find_segments(shard_dir, game, runs, suffixes, row_fraction)
@@ -143,8 +155,30 @@ class ReplayDataset(DataSource):
       seed,
       process_index,
       num_io_threads,
+      selection=self._episode_selection(),
     )
     _keep_freed_batches_in_the_heap()
+
+  def _episode_selection(self) -> EpisodeSelection | None:
+    """Indexes every selected segment's episodes when windows or a return filter need them."""
+    filtered = self.top_episode_fraction < 1.0
+    if not (self.windows or filtered):
+      return None
+    reader = shards.RowReader()
+    try:
+      indices = [[episodes.index_segment(reader, s) for s in segs] for segs in self._segments]
+    finally:
+      reader.close()
+    min_return = None
+    if filtered:
+      min_return = []
+      for game, game_indices in zip(self.game_names, indices, strict=True):
+        try:
+          min_return.append(episodes.return_threshold(game_indices, self.top_episode_fraction))
+        except ValueError as e:
+          raise ValueError(f"{game}: {e}") from None
+    self.min_episode_return = min_return
+    return EpisodeSelection(indices, min_return, self.windows)
 
   def _host_chunks(self, game, segments, chunk_rows) -> list[tuple[int, int, int]]:
     """Returns this host's chunks (segment index, first row, end row) of one game."""
@@ -199,13 +233,44 @@ class ReplayDataset(DataSource):
   # ------------------------------------------------------------------------------------------------
   # Batches.
 
-  def batch(self, step: int) -> Batch:
+  def batch(self, step: int) -> Batch | WindowBatch:
     """Returns the batch for `step`: a pure function of (data, seed, step, process_index).
 
     Returns:
       Batch with obs/next_obs uint8 [B, 84, 84, 4], action int32 [B], reward float32 [B],
-      discount float32 [B], game_id int32 [B]; B = local_batch_size.
+      discount float32 [B], game_id int32 [B]; B = local_batch_size. With `windows`, a
+      WindowBatch of the windows ending at the same states.
     """
+    game_id, buffer, k = self._draw(step)
+    pool = self._pool
+    row = pool.valid[buffer, k].astype(np.int64)  # [B] loaded-row index of s_t
+    if self.windows:
+      steps = row[:, None] + np.arange(-(STACK - 1), 1)  # [B, T] loaded rows of the window
+      batch = WindowBatch(
+        obs=pool.stacks[buffer, row - (STACK - 1)],  # [B, 84, 84, T]: frame k = step k
+        action=pool.row_action[buffer[:, None], steps],
+        reward=pool.row_reward[buffer[:, None], steps],
+        return_to_go=pool.row_return_to_go[buffer[:, None], steps],
+        terminal=pool.row_terminal[buffer[:, None], steps],
+        padding=pool.row_padding[buffer[:, None], steps],
+        game_id=game_id,
+      )
+    else:
+      next_row = row + pool.length[buffer, k]  # [B] loaded-row index of s_{t+len}
+      batch = Batch(
+        obs=pool.stacks[buffer, row - (STACK - 1)],  # [B, 84, 84, 4]
+        action=pool.action[buffer, k],
+        reward=pool.ret[buffer, k],
+        discount=pool.discount[buffer, k],
+        next_obs=pool.stacks[buffer, next_row - (STACK - 1)],  # [B, 84, 84, 4]
+        game_id=game_id,
+      )
+    pool.prefetch(step)
+    return batch
+
+  def _draw(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The examples of `step`: (game_id int32 [B], pool buffer [B], index of a valid state
+    in the buffer [B])."""
     b, num_slots = self.local_batch_size, self.slots_per_game
     rng = np.random.default_rng([self.seed, self.process_index, step, 0xBA])
     game_id = rng.choice(len(self.game_names), size=b, p=self.game_weights).astype(np.int32)
@@ -223,18 +288,7 @@ class ReplayDataset(DataSource):
     buffer = pool.buffer_of_slot[slot]  # [B]
     num_valid = pool.num_valid[buffer]
     k = np.minimum((u * num_valid).astype(np.int64), num_valid - 1)  # [B] index of a valid state
-    row = pool.valid[buffer, k].astype(np.int64)  # [B] loaded-row index of s_t
-    next_row = row + pool.length[buffer, k]  # [B] loaded-row index of s_{t+len}
-    batch = Batch(
-      obs=pool.stacks[buffer, row - (STACK - 1)],  # [B, 84, 84, 4]
-      action=pool.action[buffer, k],
-      reward=pool.ret[buffer, k],
-      discount=pool.discount[buffer, k],
-      next_obs=pool.stacks[buffer, next_row - (STACK - 1)],  # [B, 84, 84, 4]
-      game_id=game_id,
-    )
-    pool.prefetch(step)
-    return batch
+    return game_id, buffer, k
 
   def iterate(self, start_step: int, current_policy=None, prefetch: int = 2) -> Iterator[Batch]:
     """Yields `batch(start_step)`, `batch(start_step + 1)`, ... computed in a background thread.
@@ -291,4 +345,10 @@ class ReplayDataset(DataSource):
       f"{self.pool_bytes / 2**30:.2f} GiB, {self._pool.num_slots} slots of {self.chunk_rows} rows "
       f"({self._pool.num_slots * self.chunk_rows / max(1, host_rows):.1%} of the rows at a time), "
       f"each refilled every {self.slot_lifetime_steps} steps"
+      + (", windows of 4 steps with returns-to-go" if self.windows else "")
+      + (
+        f", episodes with return >= {self.min_episode_return} (top {self.top_episode_fraction:.0%})"
+        if self.min_episode_return
+        else ""
+      )
     )

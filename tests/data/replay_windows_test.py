@@ -1,0 +1,136 @@
+"""Episodes in the replay stream: returns-to-go, windowed batches and filtered selections.
+
+The references are computed row by row from the converted arrays of dopamine-written buffers,
+independently of `episodes.py`'s vectorised code.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import replay_fixtures as rf
+
+from data_prep import convert
+from scaled_ql.data import ReplayDataset, episodes, shards
+
+CAPACITY = 600
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("data"))
+  for i, game in enumerate(["Breakout", "Pong"]):
+    replay_dir = os.path.join(root, "dqn", game, "1", "replay_logs")
+    rf.write_dopamine_run(replay_dir, CAPACITY, [700, 1290], seed=i, episode_lengths=(5, 60))
+  convert.convert(
+    os.path.join(root, "dqn"), os.path.join(root, "shards"), ["Breakout", "Pong"], [1], "all"
+  )
+  return os.path.join(root, "shards")
+
+
+def _dataset(shard_dir, **kwargs):
+  args = dict(runs=[1], seed=0, local_batch_size=64, chunk_rows=64, pool_rows=512)
+  return ReplayDataset(shard_dir, ["Breakout", "Pong"], **{**args, **kwargs})
+
+
+def _segment_rows(shard_dir, game):
+  """Every segment of the game as whole arrays (obs, action, reward, terminal)."""
+  reader, out = shards.RowReader(), []
+  for segment in shards.find_segments(shard_dir, game, [1]):
+    n = segment.num_rows
+    arrays = {
+      "observation.u8": np.empty((n, 84, 84), np.uint8),
+      "action.i32": np.empty(n, np.int32),
+      "reward.f32": np.empty(n, np.float32),
+      "terminal.u8": np.empty(n, np.uint8),
+    }
+    reader.read(segment, 0, n, arrays)
+    out.append(tuple(arrays.values()))
+  reader.close()
+  return out
+
+
+def _reference_windows(shard_dir, game):
+  """(4 frames, actions) -> the set of (rewards, returns-to-go, terminals, paddings) of every
+  window whose last state is valid and whose episode ends inside its segment; and the whole
+  episodes' returns."""
+  windows, whole_returns = {}, []
+  for obs, action, reward, terminal in _segment_rows(shard_dir, game):
+    n = len(action)
+    ends = [i for i in range(n) if terminal[i]]
+    for a, b in zip(ends[:-1], ends[1:], strict=True):
+      whole_returns.append(float(sum(reward[a + 1 : b + 1])))
+    for i in range(3, n):
+      if any(terminal[i - 3 : i]) or not any(terminal[i:]):
+        continue
+      rows = range(i - 3, i + 1)
+      rtg = []
+      for j in rows:
+        end = next(e for e in ends if e >= j)
+        rtg.append(float(sum(reward[j : end + 1])))
+      padding = tuple(any(terminal[max(0, j - 3) : j]) for j in rows)
+      key = (np.stack([obs[j] for j in rows], -1).tobytes(), tuple(int(action[j]) for j in rows))
+      value = (tuple(float(reward[j]) for j in rows), tuple(rtg),
+               tuple(bool(terminal[j]) for j in rows), padding)  # fmt: skip
+      windows.setdefault(key, set()).add(value)
+  return windows, whole_returns
+
+
+def test_returns_to_go_stay_inside_episodes():
+  reward = np.array([1, 0, 1, 0, 0, 0, -1, 1, 1], np.float32)
+  terminal = np.array([0, 0, 1, 0, 0, 0, 0, 1, 0], bool)
+  np.testing.assert_array_equal(
+    episodes.returns_to_go(reward, terminal), [2, 1, 1, 0, 0, 0, 0, 1, 1]
+  )
+  # With no terminal the sum runs to the end (the caller marks such rows unknown).
+  np.testing.assert_array_equal(episodes.returns_to_go(reward[:2], terminal[:2]), [1, 0])
+
+
+def test_windows_match_the_rows_they_come_from(shard_dir):
+  ds = _dataset(shard_dir, windows=True)
+  references = [_reference_windows(shard_dir, game)[0] for game in ds.game_names]
+  seen_padding = seen_terminal = 0
+  for step in range(0, 60, 3):
+    batch = ds.batch(step)
+    assert batch.obs.shape == (64, 84, 84, 4) and batch.return_to_go.shape == (64, 4)
+    for i in range(64):
+      key = (batch.obs[i].tobytes(), tuple(int(a) for a in batch.action[i]))
+      got = (tuple(float(r) for r in batch.reward[i]), tuple(float(r) for r in batch.return_to_go[i]),
+             tuple(bool(t) for t in batch.terminal[i]), tuple(bool(p) for p in batch.padding[i]))  # fmt: skip
+      assert got in references[batch.game_id[i]].get(key, set()), (step, i, got)
+    seen_padding += int(batch.padding.any())
+    seen_terminal += int(batch.terminal.any())
+  assert seen_padding and seen_terminal  # the windows at episode starts and ends were drawn
+  ds.close()
+
+
+def test_windows_are_a_pure_function_of_the_step(shard_dir):
+  a, b = _dataset(shard_dir, windows=True), _dataset(shard_dir, windows=True)
+  later = [a.batch(s) for s in range(12)]
+  for x, y in zip(b.batch(11), later[11], strict=True):
+    np.testing.assert_array_equal(x, y)
+  a.close(), b.close()
+
+
+def test_top_episode_fraction_keeps_the_best_episodes(shard_dir):
+  ds = _dataset(shard_dir, windows=True, top_episode_fraction=0.25)
+  for g, game in enumerate(ds.game_names):
+    windows, whole = _reference_windows(shard_dir, game)
+    threshold = float(np.quantile(whole, 0.75, method="higher"))
+    assert ds.min_episode_return[g] == threshold
+    # The return of a sampled state's episode is the first step's return-to-go plus the
+    # rewards before it in the episode: at least the return-to-go of a window that starts
+    # with padding; every sampled episode's return reaches the threshold.
+    for step in range(20):
+      batch = ds.batch(step)
+      starts = (batch.game_id == g) & batch.padding[:, 0] & ~batch.padding[:, -1]
+      first_real = np.argmin(batch.padding[starts], axis=1)
+      returns = batch.return_to_go[starts][np.arange(starts.sum()), first_real]
+      assert (returns >= threshold).all()
+  assert "top 25%" in ds.describe()
+  ds.close()
+
+
+def test_bad_top_episode_fraction_is_refused_before_reading(shard_dir):
+  with pytest.raises(ValueError, match=r"top_episode_fraction must be in \(0, 1\], got 0"):
+    _dataset(shard_dir, top_episode_fraction=0.0)
