@@ -21,9 +21,11 @@ from scaled_ql import (
   online,
   optimizers,
   trainer,  # noqa: F401  (registers `train`)
+  transformer,
 )
 from scaled_ql.cli import UserError
 from scaled_ql.methods.bc import BC
+from scaled_ql.methods.decision_transformer import DecisionTransformer
 from scaled_ql.methods.scaled_ql import ScaledQL
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -32,6 +34,9 @@ gin.external_configurable(networks.NetworkConfig, module="networks")
 gin.external_configurable(losses.C51, module="losses")
 gin.external_configurable(losses.MSE, module="losses")
 gin.external_configurable(optimizers.make_optimizer, module="optimizers")
+gin.external_configurable(optimizers.make_lamb, module="optimizers")
+gin.external_configurable(transformer.TransformerConfig, module="transformer")
+gin.external_configurable(DecisionTransformer, module="methods")
 gin.external_configurable(ScaledQL, module="methods")
 gin.external_configurable(BC, module="methods")
 gin.external_configurable(initialization.InitFrom, module="initialization")

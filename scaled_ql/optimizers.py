@@ -1,4 +1,5 @@
-"""The optimizer: Adam (paper appendix B.3: learning rate 2e-4), optional clipping and warm-up."""
+"""The optimizers: Adam (paper appendix B.3: learning rate 2e-4) with optional clipping and
+warm-up; LAMB with warm-up for the Decision Transformer (MGDT)."""
 
 import optax
 
@@ -42,3 +43,31 @@ def make_optimizer(
   if max_grad_norm is None:
     return adam
   return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)
+
+
+def make_lamb(
+  learning_rate: float = 3e-4,
+  warmup_steps: int = 4_000,
+  weight_decay: float = 1e-4,
+  max_grad_norm: float | None = 1.0,
+) -> optax.GradientTransformation:
+  """LAMB with a linear warm-up, as MGDT trained its Decision Transformers.
+
+  MGDT reports LAMB, learning rate 3e-4 and 4k warm-up steps (DESIGN.md section 4); its weight
+  decay and gradient clipping are not stated in what could be read here (unverified defaults).
+
+  Args:
+    learning_rate: peak learning rate.
+    warmup_steps: linear warm-up from 0 over this many gradient steps (0: none).
+    weight_decay: LAMB's decoupled weight decay.
+    max_grad_norm: clip gradients to this global norm first; None disables clipping.
+  """
+  if learning_rate <= 0:
+    raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+  schedule = learning_rate
+  if warmup_steps > 0:
+    schedule = optax.linear_schedule(0.0, learning_rate, transition_steps=warmup_steps)
+  lamb = optax.lamb(schedule, weight_decay=weight_decay)
+  return (
+    lamb if max_grad_norm is None else optax.chain(optax.clip_by_global_norm(max_grad_norm), lamb)
+  )

@@ -145,6 +145,8 @@ def train(
     first_batch = next(batches) if start_step < num_grad_steps else None
     if first_batch is not None:
       _check_batch(first_batch, learner.example_batch(local_batch_size))
+      if learner.check_batch is not None:
+        learner.check_batch(first_batch)
     num_params = int(sum(np.prod(p.shape) for p in jax.tree.leaves(state.params)))
     if jax.process_index() == 0:
       run_info.update(num_params=num_params, data_quality=data_quality or dataset.data_quality)

@@ -12,6 +12,7 @@ Modules:
   q_network: what the methods on the multi-game Q-network share (greedy policy, transfer).
   scaled_ql: Scaled QL (C51 or MSE TD, CQL).
   bc: behaviour cloning on the same network.
+  decision_transformer: the Multi-Game Decision Transformer (on windowed batches).
 """
 
 from scaled_ql.methods.base import Learner, Method

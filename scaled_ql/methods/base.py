@@ -38,6 +38,13 @@ class Learner(NamedTuple):
       incompatible setting or shape.
     per_game: params -> pytree of bools, True for leaves that hold one slice per game (heads):
       `init_from` may train the rest (the torso) at a lower learning rate or freeze it.
+    check_batch: the data source's first batch -> None; may warn about the data (e.g. values
+      the method clips). None: nothing to check.
+    sample_actions: (params, rng, batch, k) -> int32 [B, k], k actions drawn from the
+      policy for each example's state (traceable); None for a method that does not sample
+      (Q-guided selection re-ranks these).
+    q_values: (params, obs, game_id) -> [B, A_max] action values, a game's illegal slots
+      very negative (traceable); None for a method without a critic.
   """
 
   init: Callable[[jax.Array], Params]
@@ -48,6 +55,9 @@ class Learner(NamedTuple):
   make_policy: Callable[[Params], types.Policy]
   transfer: Callable[[Params, dict, Params], Params]
   per_game: Callable[[Params], Any]
+  check_batch: Callable[[Any], None] | None = None
+  sample_actions: Callable | None = None
+  q_values: Callable | None = None
 
 
 class Method(Protocol):

@@ -1,0 +1,305 @@
+"""The Multi-Game Decision Transformer (Lee et al. 2022) as a method on the shared trainer.
+
+It trains on `WindowBatch`es (bind `data.ReplayDataset.windows = True`): 4 consecutive steps
+of one episode, their actions mapped from each game's minimal set to ALE's full 18 actions,
+returns-to-go discretised to one class per integer in `return_range` (clipped), rewards as
+classes (none, positive, terminal, negative). The loss is the mean of the cross-entropies of
+the action, return and reward read-outs over the steps that are not padding.
+
+Acting ("expert-action inference", MGDT section 3.4): the policy samples a return from the
+model's return distribution tilted towards high returns, log P(R) + kappa (R - Rlow) /
+(Rhigh - Rlow), puts it in the return-to-go token, then samples the action among the game's
+own actions. `num_return_samples > 1` is the released notebook's variant (draw many returns,
+keep the highest). The policy keeps each environment's last actions and rewards, and starts
+an episode's context with the zero-padding steps the data has.
+"""
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from scaled_ql import games, losses, optimizers, types
+from scaled_ql import transformer as transformer_lib
+from scaled_ql.methods import base
+
+STEPS = types.OBSERVATION_SHAPE[-1]
+
+
+def encode_returns(return_to_go, return_range: tuple[int, int]):
+  """float [..] returns-to-go -> int32 class, one per integer in return_range (clipped)."""
+  low, high = return_range
+  return (jnp.clip(jnp.round(return_to_go), low, high) - low).astype(jnp.int32)
+
+
+def encode_rewards(reward, terminal):
+  """Clipped rewards and terminal flags [..] -> int32 classes: 0 none, 1 positive,
+  2 terminal (the episode ends at the step), 3 negative."""
+  classes = jnp.where(reward > 0, 1, jnp.where(reward < 0, 3, 0))
+  return jnp.where(terminal, 2, classes).astype(jnp.int32)
+
+
+class ActionTables(NamedTuple):
+  """The games' action maps, indexed by game_id.
+
+  Attributes:
+    to_full: int32 [G, A_max], minimal-set index -> full-set id (0 in unused slots).
+    to_minimal: int32 [G, 18], full-set id -> minimal-set index (0 where the game lacks it).
+    legal: bool [G, 18], the game's own full-set actions.
+  """
+
+  to_full: np.ndarray
+  to_minimal: np.ndarray
+  legal: np.ndarray
+
+
+def sample_returns(rng, logits, kappa: float, temperature: float, num_samples: int):
+  """Return classes drawn towards high returns: [B, R] logits -> int32 [B].
+
+  Draws from softmax((log P(R) + kappa * (R - Rlow) / (Rhigh - Rlow)) / temperature), the
+  optimality-weighted distribution of MGDT, `num_samples` times, and keeps the highest.
+  """
+  tilt = kappa * jnp.linspace(0.0, 1.0, logits.shape[-1])
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  draws = jax.random.categorical(
+    rng, (log_p + tilt) / temperature, shape=(num_samples, len(logits))
+  )
+  return jnp.max(draws, axis=0).astype(jnp.int32)
+
+
+def action_tables(game_names: Sequence[str]) -> ActionTables:
+  max_actions = max(games.num_actions(g) for g in game_names)
+  to_full = np.zeros((len(game_names), max_actions), np.int32)
+  for g, game in enumerate(game_names):
+    to_full[g, : games.num_actions(game)] = games.minimal_to_full(game)
+  to_minimal = np.stack([games.full_to_minimal(g) for g in game_names])
+  return ActionTables(to_full, np.maximum(to_minimal, 0), to_minimal >= 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionTransformer:
+  """The DT's configuration (gin: `methods.DecisionTransformer`).
+
+  Attributes:
+    transformer: the network's shape.
+    optimizer_fn: builds the optax optimizer (LAMB with warm-up, `optimizers.make_lamb`).
+    kappa: weight of the optimality tilt towards high returns when acting (MGDT: 10).
+    num_return_samples: returns drawn per step, the highest kept (1: MGDT's paper; the
+      released notebook draws 128).
+    return_temperature: temperature of the return distribution when acting.
+    action_temperature: temperature of the action distribution when acting (0: argmax).
+    name: the label of its runs in reports.
+  """
+
+  transformer: transformer_lib.TransformerConfig = transformer_lib.TransformerConfig()
+  optimizer_fn: Callable = optimizers.make_lamb
+  kappa: float = 10.0
+  num_return_samples: int = 1
+  return_temperature: float = 1.0
+  action_temperature: float = 1.0
+  name: str = "dt"
+
+  def __post_init__(self):
+    if self.num_return_samples < 1:
+      raise ValueError(f"num_return_samples must be >= 1, got {self.num_return_samples}.")
+    if self.return_temperature <= 0 or self.action_temperature < 0:
+      raise ValueError(
+        "return_temperature must be > 0 and action_temperature >= 0, got "
+        f"{self.return_temperature} and {self.action_temperature}."
+      )
+
+  def config(self) -> dict:
+    values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    del values["optimizer_fn"]
+    values["transformer"] = dataclasses.asdict(self.transformer)
+    return values
+
+  @classmethod
+  def from_config(cls, config: dict) -> "DecisionTransformer":
+    shape = {k: tuple(v) if isinstance(v, list) else v for k, v in config["transformer"].items()}
+    return cls(**{**config, "transformer": transformer_lib.TransformerConfig(**shape)})
+
+  def build(self, game_names: Sequence[str]) -> base.Learner:
+    games.validate_games(game_names)
+    network = transformer_lib.make_network(self.transformer)
+    tables = action_tables(game_names)
+    example = types.zeros_window_batch(1)
+    zeros = jnp.zeros((1, STEPS), jnp.int32)
+
+    def sample_actions(params, rng, batch: types.WindowBatch, num_samples: int):
+      """int32 [B, k]: minimal-set actions for each window's last step (context as given)."""
+      return self._sample(network, params, rng, batch, tables, num_samples)
+
+    return base.Learner(
+      init=lambda rng: network.init(rng, example.obs, zeros, zeros, zeros),
+      loss_fn=self._make_loss(network, tables, len(game_names)),
+      optimizer=self.optimizer_fn(),
+      target_update_period=None,
+      example_batch=types.zeros_window_batch,
+      make_policy=make_policy_factory(sample_actions),
+      transfer=lambda src, src_info, params: self._transfer(src, src_info),
+      per_game=lambda params: jax.tree.map(lambda _: False, params),
+      check_batch=self._check_batch,
+      sample_actions=sample_actions,
+    )
+
+  # ---------------------------------------------------------------------------------------------
+  # Training.
+
+  def _inputs(self, batch: types.WindowBatch, tables: ActionTables):
+    """(return classes, full-set actions, reward classes), each int32 [B, T]."""
+    to_full = jnp.asarray(tables.to_full)[batch.game_id]  # [B, A_max]
+    actions = jnp.take_along_axis(to_full, batch.action, axis=1)
+    return (
+      encode_returns(batch.return_to_go, self.transformer.return_range),
+      actions,
+      encode_rewards(batch.reward, batch.terminal),
+    )
+
+  def _make_loss(self, network, tables: ActionTables, num_games: int):
+    def loss_fn(params, target_params, batch: types.WindowBatch, rng):
+      del target_params
+      return_bins, actions, reward_classes = self._inputs(batch, tables)
+      out = network.apply(params, rng, batch.obs, return_bins, actions, reward_classes, True)
+      real = (~batch.padding).astype(jnp.float32)  # [B, T]: the loss skips padding steps
+      return_weight = real
+      if self.transformer.single_return_token:  # only the first step's return is modelled
+        return_weight = real * (jnp.arange(STEPS) == 0)
+
+      def mean_ce(logits, labels, weight):  # [B, T, C], [B, T], [B, T] -> []
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+      action_ce = optax.softmax_cross_entropy_with_integer_labels(out.action_logits, actions)
+      terms = {
+        "action_loss": jnp.sum(action_ce * real) / jnp.maximum(jnp.sum(real), 1.0),
+        "return_loss": mean_ce(out.return_logits, return_bins, return_weight),
+        "reward_loss": mean_ce(out.reward_logits, reward_classes, real),
+      }
+      low, high = self.transformer.return_range
+      outside = (batch.return_to_go < low) | (batch.return_to_go > high)
+      per_example_action = jnp.sum(action_ce * real, 1) / jnp.maximum(jnp.sum(real, 1), 1.0)
+      correct = jnp.argmax(out.action_logits, axis=-1) == actions
+      metrics = {
+        "loss": sum(terms.values()) / len(terms),
+        **terms,
+        "action_accuracy": jnp.sum(correct * real) / jnp.maximum(jnp.sum(real), 1.0),
+        "returns_clipped": jnp.sum(outside * real) / jnp.maximum(jnp.sum(real), 1.0),
+        "per_game/action_loss": losses.per_game_mean(per_example_action, batch.game_id, num_games),
+        "per_game/batch_fraction": jnp.mean(jax.nn.one_hot(batch.game_id, num_games), axis=0),
+      }
+      return metrics["loss"], metrics
+
+    return loss_fn
+
+  def _check_batch(self, batch: types.WindowBatch) -> None:
+    """Warns when the data's returns-to-go reach outside `return_range` (they are clipped)."""
+    low, high = self.transformer.return_range
+    real = ~batch.padding
+    outside = int(np.sum(((batch.return_to_go < low) | (batch.return_to_go > high)) & real))
+    if outside:
+      logging.warning(
+        "%d of %d returns-to-go in the first batch lie outside return_range [%d, %d] (from "
+        "%.0f to %.0f) and are clipped; bind transformer.TransformerConfig.return_range to "
+        "cover them.", outside, int(real.sum()), low, high, batch.return_to_go[real].min(),
+        batch.return_to_go[real].max(),
+      )  # fmt: skip
+
+  def _transfer(self, source_params, source_info: dict):
+    theirs = source_info.get("method_config", {}).get("transformer")
+    if theirs is None:
+      raise ValueError(
+        f"init_from: the source run's method ({source_info.get('method')}) is not a Decision "
+        "Transformer; start a DT from a DT run."
+      )
+    ours = dataclasses.asdict(self.transformer)
+    changed = [f"  {k}: source {theirs[k]!r} vs configured {ours[k]!r}" for k in ours
+               if (tuple(theirs[k]) if isinstance(theirs[k], list) else theirs[k]) != ours[k]]  # fmt: skip
+    if changed:
+      raise ValueError("init_from: the source DT is configured differently:\n" + "\n".join(changed))
+    return jax.tree.map(np.asarray, jax.device_get(source_params))
+
+  # ---------------------------------------------------------------------------------------------
+  # Acting.
+
+  def _sample(self, network, params, rng, batch, tables: ActionTables, num_samples: int):
+    """Expert-action inference for the last step of each window -> int32 [B, k] minimal."""
+    return_rng, action_rng = jax.random.split(rng)
+    return_bins, actions, reward_classes = self._inputs(batch, tables)
+    steps = [0] if self.transformer.single_return_token else range(STEPS)
+    return_bins = jnp.zeros_like(return_bins)
+    for t in steps:  # Each step's return is drawn given the returns drawn before it.
+      out = network.apply(params, None, batch.obs, return_bins, actions, reward_classes)
+      drawn = sample_returns(
+        jax.random.fold_in(return_rng, t), out.return_logits[:, t], self.kappa,
+        self.return_temperature, self.num_return_samples,
+      )  # fmt: skip
+      return_bins = return_bins.at[:, t].set(drawn)
+    out = network.apply(params, None, batch.obs, return_bins, actions, reward_classes)
+    game_legal = jnp.asarray(tables.legal)[batch.game_id]  # [B, 18]
+    logits = jnp.where(game_legal, out.action_logits[:, -1], -jnp.inf)  # [B, 18]
+    if self.action_temperature == 0:
+      full = jnp.repeat(jnp.argmax(logits, axis=-1)[:, None], num_samples, axis=1)
+    else:
+      full = jax.random.categorical(
+        action_rng, logits / self.action_temperature, shape=(num_samples, len(logits))
+      ).T  # [B, k]
+    return jnp.take_along_axis(jnp.asarray(tables.to_minimal)[batch.game_id], full, axis=1)
+
+
+class DTPolicy(types.Policy):
+  """Expert-action inference with each environment's context of its last steps.
+
+  The observation's 4 frames are the context's 4 steps; the policy keeps the actions (full
+  set) and rewards of the 3 steps before the current one, zero at an episode's start, like
+  the data's padding rows.
+  """
+
+  def __init__(self, sample, params, seed: int = 0):
+    self._sample, self._params = sample, params
+    self._rng, self._calls = jax.random.PRNGKey(seed), 0
+    self._actions = self._rewards = self._game_id = None  # [N, T - 1] each, game_id [N]
+
+  def _context(self, obs, game_id) -> types.WindowBatch:
+    n = len(obs)
+    if self._actions is None or len(self._actions) != n:
+      self._actions = np.zeros((n, STEPS - 1), np.int32)
+      self._rewards = np.zeros((n, STEPS - 1), np.float32)
+    self._game_id = np.asarray(game_id, np.int32)
+    pad = np.zeros((n, 1))
+    return types.WindowBatch(
+      obs=obs,
+      action=np.concatenate([self._actions, pad.astype(np.int32)], axis=1),
+      reward=np.concatenate([self._rewards, pad.astype(np.float32)], axis=1),
+      return_to_go=np.zeros((n, STEPS), np.float32),
+      terminal=np.zeros((n, STEPS), bool),
+      padding=np.zeros((n, STEPS), bool),
+      game_id=self._game_id,
+    )
+
+  def sample_actions(self, obs, game_id, num_samples: int) -> np.ndarray:
+    """int32 [N, k]: k actions drawn for each environment's current step."""
+    rng = jax.random.fold_in(self._rng, self._calls)
+    self._calls += 1
+    return np.asarray(self._sample(self._params, rng, self._context(obs, game_id), num_samples))
+
+  def __call__(self, obs, game_id):
+    return self.sample_actions(obs, game_id, 1)[:, 0]
+
+  def observe(self, action, reward, ended):
+    """Appends the step's action and clipped reward; clears the context of ended episodes."""
+    self._actions = np.concatenate([self._actions[:, 1:], np.asarray(action, np.int32)[:, None]], 1)
+    clipped = np.clip(np.asarray(reward, np.float32), -1.0, 1.0)
+    self._rewards = np.concatenate([self._rewards[:, 1:], clipped[:, None]], 1)
+    self._actions[ended], self._rewards[ended] = 0, 0.0
+
+
+def make_policy_factory(sample_actions):
+  """params -> DTPolicy; the sampling is jitted once, here (k static)."""
+  sample = jax.jit(sample_actions, static_argnums=3)
+  return lambda params: DTPolicy(sample, params)
