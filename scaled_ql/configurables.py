@@ -26,6 +26,7 @@ from scaled_ql import (
 from scaled_ql.cli import UserError
 from scaled_ql.methods.bc import BC
 from scaled_ql.methods.decision_transformer import DecisionTransformer
+from scaled_ql.methods.q_guided import QGuided
 from scaled_ql.methods.scaled_ql import ScaledQL
 
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "gin")
@@ -37,6 +38,7 @@ gin.external_configurable(optimizers.make_optimizer, module="optimizers")
 gin.external_configurable(optimizers.make_lamb, module="optimizers")
 gin.external_configurable(transformer.TransformerConfig, module="transformer")
 gin.external_configurable(DecisionTransformer, module="methods")
+gin.external_configurable(QGuided, module="methods")
 gin.external_configurable(ScaledQL, module="methods")
 gin.external_configurable(BC, module="methods")
 gin.external_configurable(initialization.InitFrom, module="initialization")

@@ -56,7 +56,8 @@ def train(
     dataset_fn: builds the `DataSource`: called with `game_names`, `local_batch_size`,
       `seed`, `process_index`, `process_count`.
     method: what is trained (e.g. `@methods.ScaledQL()`, `@methods.BC()`).
-    num_grad_steps: total gradient steps of the run (including resumed ones).
+    num_grad_steps: total gradient steps of the run (including resumed ones); 0 checkpoints
+      and evaluates the initial parameters (e.g. those of `init_from`).
     global_batch_size: examples per step over all hosts.
     seed: seeds parameters, per-step randomness and the data order.
     log_every_steps: metrics are fetched to the host only this often.
@@ -78,6 +79,9 @@ def train(
   """
   # -- Validate and build before any compute.
   games.validate_games(game_names)
+  if num_grad_steps < 0:
+    raise ValueError(f"num_grad_steps must be >= 0 (0: evaluate the initial parameters), got "
+                     f"{num_grad_steps}.")  # fmt: skip
   runs.check_writable(workdir)
   local_batch_size, remainder = divmod(global_batch_size, jax.process_count())
   if remainder or local_batch_size % jax.local_device_count():
@@ -127,7 +131,8 @@ def train(
       )
     dataset.restore(data_state)
     start_step = int(state.step)
-    if start_step >= num_grad_steps:
+    resumed = checkpointer.latest_step() is not None
+    if resumed and start_step >= num_grad_steps:
       logging.info("%s already holds the finished run (step %d); bind a larger "
                    "train.num_grad_steps to train it further.", workdir, start_step)  # fmt: skip
 
@@ -152,6 +157,8 @@ def train(
       run_info.update(num_params=num_params, data_quality=data_quality or dataset.data_quality)
       runs.write_run_info(workdir, run_info, gin.operative_config_str())
 
+    if num_grad_steps == 0 and not resumed:  # A run of its initial parameters (e.g. init_from)
+      checkpointer.save(state, dataset.state())
     step_fn = train_step_lib.make_train_step(
       learner.loss_fn,
       learner.optimizer,

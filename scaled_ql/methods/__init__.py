@@ -13,6 +13,7 @@ Modules:
   scaled_ql: Scaled QL (C51 or MSE TD, CQL).
   bc: behaviour cloning on the same network.
   decision_transformer: the Multi-Game Decision Transformer (on windowed batches).
+  q_guided: a BC or DT policy's sampled actions re-ranked by a Scaled QL critic.
 """
 
 from scaled_ql.methods.base import Learner, Method

@@ -37,7 +37,9 @@ class BC:
     return cls(network=q_network.network_config(config["network"]), name=config["name"])
 
   def build(self, game_names: Sequence[str]) -> base.Learner:
-    return q_network.build_learner(self.network, game_names, make_loss, self.optimizer_fn(), None)
+    return q_network.build_learner(
+      self.network, game_names, make_loss, self.optimizer_fn(), None, samples=True
+    )
 
 
 def make_loss(apply_fn, num_games: int):

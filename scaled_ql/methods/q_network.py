@@ -9,7 +9,6 @@ are the module named "heads".
 import dataclasses
 from collections.abc import Callable, Sequence
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +33,7 @@ def build_learner(
   make_loss: Callable[[Callable, int], Callable],
   optimizer: optax.GradientTransformation,
   target_update_period: int | None,
+  samples: bool = False,
 ) -> base.Learner:
   """The learner of a method on this network, given its loss.
 
@@ -43,40 +43,64 @@ def build_learner(
     make_loss: (network apply, num_games) -> loss_fn(params, target_params, batch, rng).
     optimizer: the optimizer.
     target_update_period: steps between target copies; None keeps no target network.
+    samples: the network's action values are a policy's logits (BC): the learner and its
+      policies can draw actions from softmax(logits) over the game's actions.
   """
   games.validate_games(game_names)
   network = networks.make_network(config, [games.num_actions(g) for g in game_names])
   example = types.zeros_batch(1)
+
+  def q_values(params, obs, game_id):  # -> [B, A_max], illegal slots very negative
+    return network.apply(params, obs, game_id).q_values
+
+  def sample_actions(params, rng, batch, num_samples: int):  # -> int32 [B, k]
+    logits = q_values(params, batch.obs, batch.game_id)
+    return jax.random.categorical(rng, logits, shape=(num_samples, len(logits))).T
+
   return base.Learner(
     init=lambda rng: network.init(rng, example.obs, example.game_id),
     loss_fn=make_loss(network.apply, len(game_names)),
     optimizer=optimizer,
     target_update_period=target_update_period,
     example_batch=types.zeros_batch,
-    make_policy=make_policy_factory(network),
+    make_policy=make_policy_factory(q_values, sample_actions if samples else None),
     transfer=lambda src, src_info, params: transfer(src, src_info, params, config, game_names),
     per_game=per_game,
+    sample_actions=sample_actions if samples else None,
+    q_values=None if samples else q_values,  # a policy's logits are not action values
   )
 
 
 class GreedyPolicy(types.Policy):
   """Plays the argmax of the masked Q-values (a game's illegal slots never win)."""
 
-  def __init__(self, act, params):
-    self._act, self._params = act, params
+  def __init__(self, act, params, sample=None, seed: int = 0):
+    self._act, self._params, self._sample = act, params, sample
+    self._rng, self._calls = jax.random.PRNGKey(seed), 0
 
   def __call__(self, obs, game_id):
     return np.asarray(self._act(self._params, obs, game_id))
 
+  def sample_actions(self, obs, game_id, num_samples: int) -> np.ndarray:
+    """int32 [N, k]: actions drawn from softmax of the values (a BC policy's distribution)."""
+    if self._sample is None:
+      raise ValueError("this policy's values are not a policy's logits: it does not sample")
+    rng = jax.random.fold_in(self._rng, self._calls)
+    self._calls += 1
+    batch = types.zeros_batch(0)._replace(obs=obs, game_id=np.asarray(game_id, np.int32))
+    return np.asarray(self._sample(self._params, rng, batch, num_samples))
 
-def make_policy_factory(network: hk.Transformed):
-  """params -> GreedyPolicy; the argmax of the masked Q-values is jitted once, here."""
+
+def make_policy_factory(q_values, sample_actions=None):
+  """params -> GreedyPolicy; the argmax of the masked Q-values (and the sampling) are jitted
+  once, here."""
 
   @jax.jit
   def act(params, obs, game_id):  # uint8 [N, 84, 84, 4], int32 [N] -> int32 [N]
-    return jnp.argmax(network.apply(params, obs, game_id).q_values, axis=-1).astype(jnp.int32)
+    return jnp.argmax(q_values(params, obs, game_id), axis=-1).astype(jnp.int32)
 
-  return lambda params: GreedyPolicy(act, params)
+  sample = sample_actions and jax.jit(sample_actions, static_argnums=3)
+  return lambda params: GreedyPolicy(act, params, sample)
 
 
 def is_head(module_name: str) -> bool:

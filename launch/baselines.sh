@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The baselines beside a Scaled QL run, with its games, data selection, network, batch and
+# gradient steps (its operative_config.gin), then one table of every method:
+#   bc            behaviour cloning (reused when WORKDIR/bc exists: launch/local.sh trains it)
+#   filtered_bc   BC on the top 10% of episodes by return (gin/methods/filtered_bc.gin)
+#   dt            the Multi-Game Decision Transformer (gin/methods/dt.gin + DT_MODEL)
+#   q_guided_bc   BC's sampled actions re-ranked by the Scaled QL run's Q (PA-RL; 0 steps)
+#   q_guided_dt   the DT's sampled actions re-ranked likewise
+# By default on the embedded default's run (`bash launch/local.sh` first): about 45 minutes on
+# 2 cores, most of it the DT (25k steps at ~14 steps/s).
+#
+#   SQL_RUN=workdirs/local/scaled_ql   the Scaled QL run (also the Q-guided policies' critic)
+#   WORKDIR=<SQL_RUN's parent>         the runs (WORKDIR/METHOD) and WORKDIR/report
+#   METHODS="bc filtered_bc dt q_guided_bc q_guided_dt"
+#   DT_MODEL=models/dt_cpu.gin         the DT's shape (models/dt_200m.gin: MGDT's largest)
+#   BINDINGS=                          extra gin bindings for every run, ';'-separated
+#   DATA_DIR=                          the raw DQN Replay logs, for the data's own scores in
+#                                      the per-game table (default: WORKDIR/replay if present)
+#   PROTOCOL=dqn                       the evaluations the report reads (custom: gin-set)
+# Every run resumes: run it again after an interruption and it continues.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash launch/setup.sh
+export TF_CPP_MIN_LOG_LEVEL=2
+PY=.venv/bin/python
+SQL_RUN=${SQL_RUN:-workdirs/local/scaled_ql}
+SQL_RUN=${SQL_RUN%/}
+WORKDIR=${WORKDIR:-$(dirname "$SQL_RUN")}
+METHODS=${METHODS:-bc filtered_bc dt q_guided_bc q_guided_dt}
+DT_MODEL=${DT_MODEL:-models/dt_cpu.gin}
+DATA_DIR=${DATA_DIR:-$WORKDIR/replay}
+if [ ! -e "$SQL_RUN/operative_config.gin" ]; then
+  echo "error: SQL_RUN=$SQL_RUN is not a training run (no operative_config.gin); run" \
+    "\`bash launch/local.sh\` first or set SQL_RUN to a Scaled QL run directory" >&2
+  exit 2
+fi
+for method in $METHODS; do
+  case $method in bc | filtered_bc | dt | q_guided_bc | q_guided_dt) ;;
+  *)
+    echo "error: METHODS has '$method'; valid: bc filtered_bc dt q_guided_bc q_guided_dt" >&2
+    exit 2
+    ;;
+  esac
+done
+extra=()
+IFS=';' read -ra bindings <<<"${BINDINGS:-}"
+for binding in "${bindings[@]}"; do
+  [ -n "$binding" ] && extra+=(--gin_bindings="$binding")
+done
+
+train() {  # train METHOD [flags...]: the Scaled QL run's configuration with METHOD's fragment
+  local method=$1
+  shift
+  echo "== $method"
+  $PY -m scaled_ql.pretrain --workdir="$WORKDIR/$method" \
+    --gin_file="$SQL_RUN/operative_config.gin" --gin_file="methods/$method.gin" "$@" "${extra[@]}"
+}
+
+runs=("$SQL_RUN")
+for method in $METHODS; do
+  case $method in
+  dt) train dt --gin_file="$DT_MODEL" ;;
+  q_guided_bc | q_guided_dt)
+    proposal=$WORKDIR/${method#q_guided_}
+    model=()
+    [ "$method" = q_guided_dt ] && model=(--gin_file="$DT_MODEL")
+    train "$method" "${model[@]}" --gin_bindings="PROPOSAL = '$proposal'" \
+      --gin_bindings="CRITIC = '$SQL_RUN'"
+    ;;
+  *) train "$method" ;;
+  esac
+  runs+=("$WORKDIR/$method")
+done
+
+echo "== results (evaluation: the Scaled QL run's protocol)"
+list=$(IFS=,; echo "${runs[*]}")
+$PY -m scaled_ql.report --runs="$list" --output="$WORKDIR/report" --task_bootstrap \
+  --protocol="${PROTOCOL:-dqn}" --verbosity=-1 >/dev/null
+data=()
+[ -d "$DATA_DIR" ] && data=(--data_dir="$DATA_DIR")
+$PY -m scaled_ql.report.compare --runs="$list" "${data[@]}" --protocol="${PROTOCOL:-dqn}" \
+  --output="$WORKDIR/report/baselines_results.md"
+echo "Report: $WORKDIR/report (main_table.md, per_game.md, iqm_ci.png)"
