@@ -145,10 +145,11 @@ def train(
     # transition, batches the method cannot take) stops the run before run_info.json,
     # metrics or a checkpoint is written.
     logging.info("Data: %s", dataset.describe())
-    batches = dataset.iterate(start_step, current_policy)
-    cleanup.callback(batches.close)
-    first_batch = next(batches) if start_step < num_grad_steps else None
-    if first_batch is not None:
+    first_batch = None
+    if start_step < num_grad_steps:
+      batches = dataset.iterate(start_step, current_policy)
+      cleanup.callback(batches.close)
+      first_batch = next(batches)
       _check_batch(first_batch, learner.example_batch(local_batch_size))
       if learner.check_batch is not None:
         learner.check_batch(first_batch)

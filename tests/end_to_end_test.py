@@ -166,15 +166,15 @@ def test_compare_against_the_data(runs, shard_dir, tmp_path):
     f"--output={tmp_path / 'table.md'}",
     "--protocol=custom",  # debug.gin evaluates with a 50-step cap.
   )
-  # The data column: mean ± sd (episodes) of the collector's logged, unclipped episode scores.
+  # The data column: mean [interval] (episodes) of the collector's logged, unclipped scores.
   breakout = next(line for line in out.stdout.splitlines() if line.startswith("| Breakout |"))
   data_cell = breakout.split("|")[2]
-  assert float(data_cell.split("±")[0]) >= 0.0 and int(data_cell.split("(")[1].rstrip(") ")) > 0
+  assert float(data_cell.split("[")[0]) >= 0.0 and int(data_cell.split("(")[1].rstrip(") ")) > 0
   # Two data checkpoints: the best checkpoint's average too, and the verdicts against it.
   assert re.search(r"\[ckpt [01]\]", breakout.split("|")[3]), breakout
-  assert "scored above the data's best checkpoint on" in out.stdout
-  # Two bit-identical runs: neither scores above the other on any game.
-  assert "scaled_ql scored above scaled_ql on 0 of 2 games." in out.stdout
+  assert "- scaled_ql vs the data's best checkpoint: above on" in out.stdout
+  # The two runs of one method form one column: 2 runs x 1 episode.
+  assert breakout.count("(2×1)") == 1 and "scaled_ql vs scaled_ql" not in out.stdout
   assert (tmp_path / "table.md").read_text().strip() == out.stdout.strip()
 
 
@@ -191,7 +191,7 @@ def test_compare_without_logged_episodes_for_a_game(runs, shard_dir, tmp_path):
   assert "Data, best checkpoint" in header and pong.startswith("| Pong | — | — |")
   assert header.count("|") == breakout.count("|") == pong.count("|")
   # Verdicts count the games that have data: Breakout only.
-  assert re.search(r"scored above the data's average on [01] of 1 games", table), table
+  assert re.search(r"vs the data's average: .* of 1 games", table), table
 
 
 def test_collect_with_a_trained_policy(runs, tmp_path):

@@ -7,8 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from scaled_ql import cli, configurables, games, networks
+from scaled_ql import cli, configurables, games, networks, trainer
+from scaled_ql.data import source
 from scaled_ql.methods import loading
+from scaled_ql.methods.scaled_ql import ScaledQL
 
 GIN_FILES = sorted(
   str(p.relative_to(configurables.GIN_DIR))
@@ -21,15 +23,40 @@ def test_gin_files_are_found():
   assert {"base.gin", "local.gin", "debug.gin", "pretrain_near_optimal.gin"} <= set(GIN_FILES)
 
 
+@pytest.fixture(scope="module")
+def critic(tmp_path_factory):
+  """A Scaled QL run of every game (0 steps: its initial parameters), the critic of
+  the Q-guided files."""
+  workdir = str(tmp_path_factory.mktemp("critic"))
+  network = networks.NetworkConfig(torso="small", widths=(8, 8, 8, 8), projection_dim=16)
+  trainer.train(workdir, game_names=games.ALL_GAMES, dataset_fn=lambda **_: source.DataSource(),
+                method=ScaledQL(network=network), num_grad_steps=0, global_batch_size=4)  # fmt: skip
+  return workdir
+
+
+def _files_for(gin_file: str) -> list[str]:
+  """Fragments are included by the runnable files: build them inside one."""
+  if gin_file.startswith("models/dt_"):
+    return ["baselines/dt.gin", gin_file]
+  if gin_file.startswith("methods/"):
+    return ["debug.gin", gin_file]
+  if gin_file == "base.gin" or gin_file.startswith("models/"):
+    return ["base.gin", gin_file]
+  return [gin_file]
+
+
 @pytest.mark.parametrize("gin_file", GIN_FILES)
-def test_gin_file_builds(gin_file):
-  fragment = gin_file == "base.gin" or gin_file.startswith("models/")
-  # Fragments are included by the runnable files, which set the games: give them some.
-  files = ["base.gin", gin_file] if fragment else [gin_file]
+def test_gin_file_builds(gin_file, critic):
+  files = _files_for(gin_file)
+  fragment = files != [gin_file]
   games_binding = "train.game_names = ['Breakout', 'Pong']"
   # Fine-tuning files get the game from `python -m scaled_ql.finetune --game=...`.
-  needs_games = fragment or "finetune_" in gin_file
-  configurables.parse_gin(files, [SHARD_DIR_BINDING] + ([games_binding] if needs_games else []))
+  needs_games = fragment and "debug.gin" not in files or "finetune_" in gin_file
+  # The Q-guided files get their two runs as macros (launch/baselines.sh binds them).
+  runs = [f"CRITIC = '{critic}'", "PROPOSAL = 'the proposal run'"] if "q_guided" in gin_file else []
+  configurables.parse_gin(
+    files, [SHARD_DIR_BINDING, *runs] + ([games_binding] if needs_games else [])
+  )
   bindings = gin.get_bindings("train")  # Resolves references: builds the method.
   game_names = bindings["game_names"]
   games.validate_games(game_names)
@@ -37,7 +64,7 @@ def test_gin_file_builds(gin_file):
   learner = method.build(game_names)
   assert loading.load_method(loading.method_record(method)).config() == method.config()
   if not fragment:  # Runnable files set the run's length and batch.
-    assert bindings["num_grad_steps"] > 0 and bindings["global_batch_size"] > 0
+    assert bindings["num_grad_steps"] >= 0 and bindings["global_batch_size"] > 0
   shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
   assert sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes)) > 0
 

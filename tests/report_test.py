@@ -319,14 +319,37 @@ def test_compare_with_the_data(run_root, tmp_path):
     "| Game | Data (behaviour) | Data, best checkpoint | scaled_ql @ step 10 | scaled_ql HNS "
     "| bc @ step 10 | bc HNS |"
   )
-  assert lines[2] == (
-    "| Breakout | 7.0 ± 4.1 (4) | 11.0 ± 1.0 (2) [ckpt 1] | 16.1 ± 14.4 (2) | 50.0% "
-    "| 1.7 ± 0.0 (2) | 0.0% |"
+  # Cells: mean [95% bootstrap interval] (runs x episodes). Two episodes 1.7 and 30.5 resample
+  # to means 1.7, 16.1 or 30.5, so the interval is their range.
+  breakout = lines[2].split(" | ")
+  assert breakout[1].startswith("7.0 [") and breakout[1].endswith("] (4)")
+  assert breakout[2] == "11.0 [10.0, 12.0] (2) [ckpt 1]"
+  assert breakout[3:] == ["16.1 [1.7, 30.5] (1×2)", "50.0%", "1.7 [1.7, 1.7] (1×2)", "0.0% |"]
+  assert lines[3].startswith("| Pong | — | — | 14.6 [14.6, 14.6] (1×2) | 100.0% |")
+  # Breakout's two episodes are too few to tell scaled_ql from bc or the data; Pong's are not.
+  assert ("- scaled_ql vs the data's best checkpoint: above on 0, below on 0, within noise on 1 "
+          "(Breakout) of 1 games.") in lines  # fmt: skip
+  assert (
+    "- bc vs the data's average: above on 0, below on 1 (Breakout), within noise on 0 of 1 games."
+    in lines
   )
-  assert lines[3].startswith("| Pong | — | — | 14.6 ± 0.0 (2) | 100.0% |")
-  assert "- scaled_ql scored above the data's best checkpoint on 1 of 1 games: Breakout." in lines
-  assert "- bc scored above the data's average on 0 of 1 games." in lines
-  assert "- scaled_ql scored above bc on 2 of 2 games: Breakout, Pong." in lines
+  assert ("- scaled_ql vs bc: above on 1 (Pong), below on 0, within noise on 1 (Breakout) of 2 "
+          "games.") in lines  # fmt: skip
+
+
+def test_the_runs_of_a_method_form_one_column_with_intervals_over_runs(tmp_path):
+  info = _pretrain_info("bc")
+  for seed, returns in enumerate(([1.0, 1.0, 1.0], [3.0, 3.0, 3.0], [8.0, 8.0, 8.0])):
+    _write_run(str(tmp_path / f"bc_{seed}"), {"Breakout": returns}, **{**info, "seed": seed})
+  table = compare.compare([str(tmp_path / f"bc_{s}") for s in range(3)], None, "custom")
+  header, _, row = table.splitlines()[:3]
+  assert header == "| Game | Data (behaviour) | bc @ step 10 | bc HNS |"
+  # The mean of the runs' means, 4.0; resampling the 3 runs gives means from 1.0 to 8.0.
+  cell = row.split(" | ")[2]
+  low, high = (float(x) for x in cell.split("[")[1].split("]")[0].split(", "))
+  assert (
+    cell.startswith("4.0 [") and cell.endswith("(3×3)") and 1.0 <= low < 2.5 and 6.0 < high <= 8.0
+  )
 
 
 def test_compare_refuses_a_directory_that_is_not_a_run(tmp_path):

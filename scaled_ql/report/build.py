@@ -261,7 +261,7 @@ def build_report(
         f"{tables.QUALITIES}; it is in the plots and per_game only"
       )
   references = [e for e in reference_entries() if e["data_quality"] in tables.QUALITIES]
-  for method in tables.METHOD_NAMES:
+  for method in tables.PAPER_METHODS:
     for q in tables.QUALITIES:
       if not any(g[:2] == (method, q) for g in groups_used):
         left_out.append(

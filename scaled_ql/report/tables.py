@@ -13,7 +13,16 @@ import numpy as np
 from scaled_ql import games
 from scaled_ql.report import scores
 
-METHOD_NAMES = {"scaled_ql": "Scaled QL", "dt": "DT", "bc": "BC"}
+# The paper's main table's rows, which always appear (empty when no run was given).
+PAPER_METHODS = ("scaled_ql", "dt", "bc")
+METHOD_NAMES = {
+  "scaled_ql": "Scaled QL",
+  "dt": "DT",
+  "bc": "BC",
+  "filtered_bc": "Filtered BC (top 10%)",
+  "q_guided_bc": "Q-guided BC (best of k under Scaled QL's Q)",
+  "q_guided_dt": "Q-guided DT (best of k under Scaled QL's Q)",
+}
 QUALITIES = ("near_optimal", "low_quality")
 QUALITY_NAMES = {"near_optimal": "Near-optimal", "low_quality": "Low-quality"}
 
@@ -64,7 +73,9 @@ def main_table(output, estimates, groups_used, references):
       f"{QUALITY_NAMES[q]} runs x games (params)",
     ]
   # The paper's three rows always appear (empty when no run was given), then any others.
-  methods = list(METHOD_NAMES) + sorted({g[0] for g in groups_used} - set(METHOD_NAMES))
+  others = {g[0] for g in groups_used} - set(PAPER_METHODS)
+  order = {m: i for i, m in enumerate(METHOD_NAMES)}
+  methods = list(PAPER_METHODS) + sorted(others, key=lambda m: (order.get(m, len(order)), m))
   rows = []
   for method in methods:
     row = [METHOD_NAMES.get(method, method)]
