@@ -356,3 +356,41 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(shard_dir, tmp_path):
   assert 300 in [int(d) for d in os.listdir(checkpoints) if d.isdigit()]
   again = run("scaled_ql.pretrain", *pretrain_args(workdir, shard_dir, *bindings))
   assert "already holds the finished run" in again.stderr
+
+
+def test_baselines_train_beside_a_run_and_share_its_table(runs, shard_dir, tmp_path):
+  """launch/baselines.sh: BC, filtered BC, the DT and both Q-guided policies on the Scaled QL
+  run's configuration (Breakout only: random Pong episodes outlast the tiny checkpoints, so
+  none ends inside the data), evaluated and reported with it."""
+  _, straight = runs
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  bindings = ("train.game_names = ['Breakout']; train.num_grad_steps = 2; "
+              "optimizers.make_lamb.warmup_steps = 1")  # fmt: skip
+  env = dict(os.environ, SQL_RUN=straight, WORKDIR=str(tmp_path), PROTOCOL="custom",
+             BINDINGS=bindings, DATA_DIR=os.path.join(os.path.dirname(shard_dir), "replay"))  # fmt: skip
+  out = subprocess.run(["bash", os.path.join(repo, "launch", "baselines.sh")], env=env,
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+  assert out.returncode == 0, out.stderr[-5000:]
+  names = {"bc": "bc", "filtered_bc": "filtered_bc", "dt": "dt", "q_guided_bc": "q_guided_bc",
+           "q_guided_dt": "q_guided_dt"}  # fmt: skip
+  for workdir, method in names.items():
+    with open(tmp_path / workdir / "run_info.json") as f:
+      info = json.load(f)
+    assert info["method"] == method and info["game_names"] == ["Breakout"]
+    assert info["global_batch_size"] == 8  # The Scaled QL run's batch.
+  # The Q-guided runs start from their proposals' runs, and distil (2 steps here).
+  with open(tmp_path / "q_guided_dt" / "run_info.json") as f:
+    assert json.load(f)["init_from"]["source"] == str(tmp_path / "dt")
+  assert "episodes with return >= [" in out.stderr  # filtered BC's threshold is logged
+  table = (tmp_path / "report" / "main_table.md").read_text()
+  for row in (
+    "| Scaled QL |",
+    "| DT |",
+    "| BC |",
+    "| Filtered BC",
+    "| Q-guided BC",
+    "| Q-guided DT",
+  ):
+    assert row in table, table
+  per_game = (tmp_path / "report" / "baselines_results.md").read_text()
+  assert "q_guided_dt @ step 2" in per_game and "- dt vs q_guided_dt:" in per_game
