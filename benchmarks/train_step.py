@@ -13,11 +13,15 @@ LOOP_GAMES and built by `methods.ScaledQL.build`, as the training loop builds th
     before and after the loop): the fastest of many short windows would compare the machine's
     best moments with the loop's typical ones (on this machine the fastest 10-step window of
     the small step is 1.25x its median).
-Then the compile time and parameter count of the ResNet-101 step (not run).
+Then the Decision Transformer's step (`methods.DecisionTransformer.build`, the CPU shape of
+gin/models/dt_cpu.gin unless --dt_model) at the same batch of 4-step windows: its FLOP/s
+against a plain matmul of the model's width, [B * 156 tokens, D] x [D, D], measured in the same
+run the same way. Then the compile time and parameter count of the ResNet-101 step (not run).
 
     python benchmarks/train_step.py [--models=small,resnet18] [--batch_size=32]
 
-Last line: `RESULT train_step_roof_fraction <min over models of step FLOP/s / conv FLOP/s>`.
+Last line: `RESULT train_step_roof_fraction <min over the models and the DT of step FLOP/s /
+roof FLOP/s>`.
 """
 
 import os
@@ -27,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,8 +46,10 @@ from scaled_ql import (
   sharding,
   train_step,
   trainer,
+  transformer,
   types,
 )
+from scaled_ql.methods.decision_transformer import DecisionTransformer
 from scaled_ql.methods.scaled_ql import ScaledQL
 
 _MODELS = flags.DEFINE_list("models", ["small", "resnet18"], "Torsos to measure.")
@@ -51,6 +58,7 @@ _SECONDS = flags.DEFINE_float("seconds", 20.0, "Time budget per model (alternati
 _LOG_EVERY = flags.DEFINE_integer("log_every_steps", 10, "Metric fetch period in the loop.")
 _RESNET101 = flags.DEFINE_bool("resnet101", True, "Compile (not run) the ResNet-101 step.")
 _LOOP_STEPS = flags.DEFINE_integer("loop_steps", 300, "Steps of the real training loop per model.")
+_DT_MODEL = flags.DEFINE_string("dt_model", "models/dt_cpu.gin", "The DT's shape ('': no DT).")
 
 LOOP_GAMES = ("Assault", "BeamRider", "Asterix", "Breakout")
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "train_step_data")
@@ -248,6 +256,65 @@ def measure(torso: str, mesh, shard_dir: str) -> float:
   return step_rate / roof
 
 
+def _matmul_window(rows: int, width: int, calls: int):
+  """A window of `calls` jitted [rows, width] x [width, width] matmuls, and its FLOPs."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(rows, width)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(width, width)), jnp.float32)
+  compiled = jax.jit(jnp.matmul).lower(x, w).compile()
+
+  def window():
+    for _ in range(calls):
+      out = compiled(x, w)
+    jax.block_until_ready(out)
+
+  return window, _flops(compiled) * calls
+
+
+def measure_dt(gin_file: str, mesh) -> float:
+  """Prints the DT step's figures; returns its FLOP/s over the matmul roof's."""
+  configurables.parse_gin([gin_file], [])
+  config = gin.get_configurable(transformer.TransformerConfig)()
+  batch_size, log_every = _BATCH_SIZE.value, _LOG_EVERY.value
+  learner = DecisionTransformer(transformer=config).build(LOOP_GAMES)
+  rng = np.random.default_rng(0)
+  batch = types.zeros_window_batch(batch_size)._replace(
+    obs=rng.integers(0, 256, (batch_size, 84, 84, 4), dtype=np.uint8),
+    return_to_go=rng.integers(-5, 40, (batch_size, 4)).astype(np.float32),
+    game_id=rng.integers(0, len(LOOP_GAMES), batch_size).astype(np.int32),
+  )
+  state = train_step.init_train_state(
+    jax.random.PRNGKey(0), learner.init, learner.optimizer, mesh=mesh, target=False
+  )
+  step_fn = train_step.make_train_step(learner.loss_fn, learner.optimizer, None, mesh=mesh)
+  device_batch = sharding.put_batch(batch, mesh)
+  compiled = step_fn.lower(state, device_batch).compile()
+  step_flops, holder = _flops(compiled), [state]
+
+  def step_window():
+    for _ in range(log_every):
+      holder[0], metrics = compiled(holder[0], device_batch)
+    jax.block_until_ready(metrics)
+
+  tokens = batch_size * config.context_steps * config.tokens_per_step
+  matmul_window, matmul_flops = _matmul_window(tokens, config.width, log_every)
+  step_seconds, matmul_seconds = _best_windows([step_window, matmul_window], _SECONDS.value)
+  step_rate, roof = step_flops * log_every / step_seconds, matmul_flops / matmul_seconds
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  name = os.path.basename(gin_file).removesuffix(".gin")
+  print(
+    f"[{name}] {config.num_layers} layers, width {config.width}, {num_params / 1e6:.2f}M "
+    f"parameters, batch {batch_size} x {config.context_steps * config.tokens_per_step} tokens: "
+    f"step {step_flops / 1e9:.2f} GFLOP, {log_every / step_seconds:.2f} steps/s = "
+    f"{step_rate / 1e9:.1f} GFLOP/s"
+  )
+  print(
+    f"[{name}]   matmul roof [{tokens},{config.width}]x[{config.width},{config.width}]: "
+    f"{roof / 1e9:.1f} GFLOP/s; step / roof = {step_rate / roof:.3f}"
+  )
+  return step_rate / roof
+
+
 def compile_resnet101(mesh) -> None:
   num_actions = [games.num_actions(game) for game in games.TRAIN_GAMES]
   config = networks.NetworkConfig(torso="resnet101")
@@ -274,6 +341,8 @@ def main(argv):
   print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}, jax {jax.__version__}")
   shard_dir = real_data()
   fractions = [measure(torso, mesh, shard_dir) for torso in _MODELS.value]
+  if _DT_MODEL.value:
+    fractions.append(measure_dt(_DT_MODEL.value, mesh))
   if _RESNET101.value:
     compile_resnet101(mesh)
   print(f"RESULT train_step_roof_fraction {min(fractions):.3f}")

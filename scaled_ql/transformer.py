@@ -69,6 +69,11 @@ class TransformerConfig:
         f"its {types.OBSERVATION_SHAPE[-1]} frames are the context's steps; use "
         f"{types.OBSERVATION_SHAPE[-1]}."
       )
+    if self.num_layers < 1 or self.num_heads < 1:
+      raise ValueError(
+        f"TransformerConfig needs num_layers >= 1 and num_heads >= 1, got {self.num_layers} "
+        f"and {self.num_heads}."
+      )
     if self.width % self.num_heads:
       raise ValueError(
         f"TransformerConfig.width={self.width} must divide by num_heads={self.num_heads}."
