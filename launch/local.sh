@@ -6,12 +6,16 @@
 #   per-game table. About 40 minutes on 2 cores.
 # Every stage resumes: run it again after an interruption and it continues.
 # WORKDIR (default workdirs/local) holds the data, the runs and the results.
+# SEEDS="0 1 2" trains Scaled QL and BC with each seed (about 25 minutes more per seed) on the
+# same data; the table then gives intervals over seeds and episodes.
+# Then `bash launch/baselines.sh` adds filtered BC, the DT and the Q-guided policies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 export TF_CPP_MIN_LOG_LEVEL=2
 PY=.venv/bin/python
 WORKDIR=${WORKDIR:-workdirs/local}
+SEEDS=${SEEDS:-0}
 if [ -e "$WORKDIR/scaled_ql" ] && [ ! -e "$WORKDIR/behaviour" ]; then
   echo "error: $WORKDIR was made by an earlier local.sh (uniform-random data only, no behaviour" \
     "agent); remove it or run with WORKDIR=<a new directory>" >&2
@@ -42,18 +46,25 @@ echo "== 3/5 collecting checkpoints 1-2: the behaviour agent, epsilon-greedy, ep
 collect 3 --policy=schedule --policy_workdir="$WORKDIR/behaviour" --epsilon_start=1.0 \
   --epsilon_end=0.1
 
-for method in scaled_ql bc; do
-  echo "== 4/5 pretraining on all three checkpoints: ${method}"
-  gin_file=local.gin
-  [ "$method" = bc ] && gin_file=local_bc.gin
-  $PY -m scaled_ql.pretrain --workdir="$WORKDIR/$method" --gin_file="$gin_file" \
-    --gin_bindings="$SHARDS"
+runs=()
+for seed in $SEEDS; do
+  suffix=""
+  [ "$seed" != 0 ] && suffix="_seed$seed"  # seed 0 keeps the plain names (finetune.sh's default)
+  for method in scaled_ql bc; do
+    echo "== 4/5 pretraining on all three checkpoints: ${method}, seed ${seed}"
+    gin_file=local.gin
+    [ "$method" = bc ] && gin_file=local_bc.gin
+    $PY -m scaled_ql.pretrain --workdir="$WORKDIR/$method$suffix" --gin_file="$gin_file" \
+      --gin_bindings="$SHARDS" --gin_bindings="train.seed = $seed"
+    runs+=("$WORKDIR/$method$suffix")
+  done
 done
 
 echo "== 5/5 results (evaluation: DQN Replay protocol, sticky actions, epsilon 0.001)"
-$PY -m scaled_ql.report --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" --output="$WORKDIR/report" \
+list=$(IFS=,; echo "${runs[*]}")
+$PY -m scaled_ql.report --runs="$list" --output="$WORKDIR/report" \
   --task_bootstrap --verbosity=-1 >/dev/null
-$PY -m scaled_ql.report.compare --runs="$WORKDIR/scaled_ql,$WORKDIR/bc" \
+$PY -m scaled_ql.report.compare --runs="$list" \
   --data_dir="$WORKDIR/replay" --output="$WORKDIR/report/local_results.md"
 echo
 echo "Checkpoints: $WORKDIR/{scaled_ql,bc,behaviour}/checkpoints   Logs: $WORKDIR/*/metrics.jsonl"
