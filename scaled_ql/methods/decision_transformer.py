@@ -58,6 +58,16 @@ class ActionTables(NamedTuple):
   legal: np.ndarray
 
 
+def action_tables(game_names: Sequence[str]) -> ActionTables:
+  """The action maps of `game_names` (game_id = index)."""
+  max_actions = max(games.num_actions(g) for g in game_names)
+  to_full = np.zeros((len(game_names), max_actions), np.int32)
+  for g, game in enumerate(game_names):
+    to_full[g, : games.num_actions(game)] = games.minimal_to_full(game)
+  to_minimal = np.stack([games.full_to_minimal(g) for g in game_names])
+  return ActionTables(to_full, np.maximum(to_minimal, 0), to_minimal >= 0)
+
+
 def sample_returns(rng, logits, kappa: float, temperature: float, num_samples: int):
   """Return classes drawn towards high returns: [B, R] logits -> int32 [B].
 
@@ -70,15 +80,6 @@ def sample_returns(rng, logits, kappa: float, temperature: float, num_samples: i
     rng, (log_p + tilt) / temperature, shape=(num_samples, len(logits))
   )
   return jnp.max(draws, axis=0).astype(jnp.int32)
-
-
-def action_tables(game_names: Sequence[str]) -> ActionTables:
-  max_actions = max(games.num_actions(g) for g in game_names)
-  to_full = np.zeros((len(game_names), max_actions), np.int32)
-  for g, game in enumerate(game_names):
-    to_full[g, : games.num_actions(game)] = games.minimal_to_full(game)
-  to_minimal = np.stack([games.full_to_minimal(g) for g in game_names])
-  return ActionTables(to_full, np.maximum(to_minimal, 0), to_minimal >= 0)
 
 
 @dataclasses.dataclass(frozen=True)

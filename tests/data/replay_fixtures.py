@@ -70,3 +70,17 @@ def write_dopamine_run(
         if len(saved) == len(save_points):
           break
   return buf, saved
+
+
+def two_game_shards(root: str, capacity: int, episode_lengths: tuple[int, int] = (5, 120)) -> str:
+  """Converted shards of 'Breakout' and 'Pong' (other real frames), 2 suffixes each, written by
+  dopamine's own writer; returns the shard directory."""
+  from data_prep import convert
+
+  for i, game in enumerate(["Breakout", "Pong"]):
+    replay_dir = os.path.join(root, "dqn", game, "1", "replay_logs")
+    write_dopamine_run(replay_dir, capacity, [700, 1290], seed=i, episode_lengths=episode_lengths)
+  convert.convert(
+    os.path.join(root, "dqn"), os.path.join(root, "shards"), ["Breakout", "Pong"], [1], "all"
+  )
+  return os.path.join(root, "shards")

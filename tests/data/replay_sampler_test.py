@@ -15,14 +15,7 @@ CAPACITY = 600
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
   """Two games (Breakout from real frames; 'Pong' with other real frames), 2 suffixes each."""
-  root = str(tmp_path_factory.mktemp("data"))
-  for i, game in enumerate(["Breakout", "Pong"]):
-    replay_dir = os.path.join(root, "dqn", game, "1", "replay_logs")
-    rf.write_dopamine_run(replay_dir, CAPACITY, [700, 1290], seed=i)
-  convert.convert(
-    os.path.join(root, "dqn"), os.path.join(root, "shards"), ["Breakout", "Pong"], [1], "all"
-  )
-  return os.path.join(root, "shards")
+  return rf.two_game_shards(str(tmp_path_factory.mktemp("data")), CAPACITY)
 
 
 def _dataset(shard_dir, games=("Breakout", "Pong"), **kwargs):

@@ -4,13 +4,10 @@ The references are computed row by row from the converted arrays of dopamine-wri
 independently of `episodes.py`'s vectorised code.
 """
 
-import os
-
 import numpy as np
 import pytest
 import replay_fixtures as rf
 
-from data_prep import convert
 from scaled_ql.data import ReplayDataset, episodes, shards
 
 CAPACITY = 600
@@ -18,14 +15,7 @@ CAPACITY = 600
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("data"))
-  for i, game in enumerate(["Breakout", "Pong"]):
-    replay_dir = os.path.join(root, "dqn", game, "1", "replay_logs")
-    rf.write_dopamine_run(replay_dir, CAPACITY, [700, 1290], seed=i, episode_lengths=(5, 60))
-  convert.convert(
-    os.path.join(root, "dqn"), os.path.join(root, "shards"), ["Breakout", "Pong"], [1], "all"
-  )
-  return os.path.join(root, "shards")
+  return rf.two_game_shards(str(tmp_path_factory.mktemp("data")), CAPACITY, episode_lengths=(5, 60))
 
 
 def _dataset(shard_dir, **kwargs):
