@@ -10,6 +10,9 @@
 # 2 cores, most of it the DT (25k steps at ~14 steps/s).
 #
 #   SQL_RUN=workdirs/local/scaled_ql   the Scaled QL run (also the Q-guided policies' critic)
+#   SEEDS=0                            with "0 1 2": seed S > 0 uses SQL_RUN_seedS (as
+#                                      `SEEDS="0 1 2" bash launch/local.sh` names them) and
+#                                      writes WORKDIR/METHOD_seedS
 #   WORKDIR=<SQL_RUN's parent>         the runs (WORKDIR/METHOD) and WORKDIR/report
 #   METHODS="bc filtered_bc dt q_guided_bc q_guided_dt"
 #   DT_MODEL=models/dt_cpu.gin         the DT's shape (models/dt_200m.gin: MGDT's largest)
@@ -29,11 +32,16 @@ WORKDIR=${WORKDIR:-$(dirname "$SQL_RUN")}
 METHODS=${METHODS:-bc filtered_bc dt q_guided_bc q_guided_dt}
 DT_MODEL=${DT_MODEL:-models/dt_cpu.gin}
 DATA_DIR=${DATA_DIR:-$WORKDIR/replay}
-if [ ! -e "$SQL_RUN/operative_config.gin" ]; then
-  echo "error: SQL_RUN=$SQL_RUN is not a training run (no operative_config.gin); run" \
-    "\`bash launch/local.sh\` first or set SQL_RUN to a Scaled QL run directory" >&2
-  exit 2
-fi
+SEEDS=${SEEDS:-0}
+suffix_of() { [ "$1" = 0 ] || echo "_seed$1"; }  # seed 0 keeps the plain names
+for seed in $SEEDS; do
+  sql=$SQL_RUN$(suffix_of "$seed")
+  if [ ! -e "$sql/operative_config.gin" ]; then
+    echo "error: $sql is not a training run (no operative_config.gin); run" \
+      "\`SEEDS=\"$SEEDS\" bash launch/local.sh\` first or set SQL_RUN to a Scaled QL run" >&2
+    exit 2
+  fi
+done
 for method in $METHODS; do
   case $method in bc | filtered_bc | dt | q_guided_bc | q_guided_dt) ;;
   *)
@@ -48,28 +56,33 @@ for binding in "${bindings[@]}"; do
   [ -n "$binding" ] && extra+=(--gin_bindings="$binding")
 done
 
-train() {  # train METHOD [flags...]: the Scaled QL run's configuration with METHOD's fragment
-  local method=$1
-  shift
-  echo "== $method"
-  $PY -m scaled_ql.pretrain --workdir="$WORKDIR/$method" \
-    --gin_file="$SQL_RUN/operative_config.gin" --gin_file="methods/$method.gin" "$@" "${extra[@]}"
+train() {  # train SQL_RUN WORKDIR_NAME METHOD [flags...]: the run's configuration + METHOD's
+  local sql=$1 name=$2 method=$3
+  shift 3
+  echo "== $name"
+  $PY -m scaled_ql.pretrain --workdir="$WORKDIR/$name" \
+    --gin_file="$sql/operative_config.gin" --gin_file="methods/$method.gin" "$@" "${extra[@]}"
 }
 
-runs=("$SQL_RUN")
-for method in $METHODS; do
-  case $method in
-  dt) train dt --gin_file="$DT_MODEL" ;;
-  q_guided_bc | q_guided_dt)
-    proposal=$WORKDIR/${method#q_guided_}
-    model=()
-    [ "$method" = q_guided_dt ] && model=(--gin_file="$DT_MODEL")
-    train "$method" "${model[@]}" --gin_bindings="PROPOSAL = '$proposal'" \
-      --gin_bindings="CRITIC = '$SQL_RUN'"
-    ;;
-  *) train "$method" ;;
-  esac
-  runs+=("$WORKDIR/$method")
+runs=()
+for seed in $SEEDS; do
+  suffix=$(suffix_of "$seed")
+  sql=$SQL_RUN$suffix
+  runs+=("$sql")
+  for method in $METHODS; do
+    case $method in
+    dt) train "$sql" "dt$suffix" dt --gin_file="$DT_MODEL" ;;
+    q_guided_bc | q_guided_dt)
+      model=()
+      [ "$method" = q_guided_dt ] && model=(--gin_file="$DT_MODEL")
+      train "$sql" "$method$suffix" "$method" "${model[@]}" \
+        --gin_bindings="PROPOSAL = '$WORKDIR/${method#q_guided_}$suffix'" \
+        --gin_bindings="CRITIC = '$sql'"
+      ;;
+    *) train "$sql" "$method$suffix" "$method" ;;
+    esac
+    runs+=("$WORKDIR/$method$suffix")
+  done
 done
 
 echo "== results (evaluation: the Scaled QL run's protocol)"

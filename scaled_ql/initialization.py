@@ -82,8 +82,9 @@ def transferred_params(init_from: InitFrom, learner: base.Learner, game_names, r
   fresh = jax.jit(learner.init)(jax.random.split(rng)[0])  # The same draw as from scratch.
   params = learner.transfer(source, info, fresh)
   new = [g for g in game_names if g not in info["game_names"]]
-  logging.info("init_from %s step %d: shared layers and the heads of %s copied; new heads: %s.",
-               run, step, [g for g in game_names if g in info["game_names"]], new)  # fmt: skip
+  logging.info("init_from %s step %d (a %s run): parameters carried over for %s; new games "
+               "(fresh heads): %s.", run, step, info.get("method"),
+               [g for g in game_names if g in info["game_names"]], new)  # fmt: skip
   return params
 
 

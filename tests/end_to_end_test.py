@@ -288,7 +288,7 @@ def test_a_run_starts_from_another_runs_checkpoint(shard_dir, tmp_path):
     "scaled_ql.pretrain",
     *pretrain_args(finetuned, shard_dir, *finetune, "train.num_grad_steps = 2"),
   )
-  assert "init_from" in out.stderr and "new heads: ['Pong']" in out.stderr
+  assert "init_from" in out.stderr and "new games (fresh heads): ['Pong']" in out.stderr
   pretrained, after = restore_params(source, 3), restore_params(finetuned, 2)
   for module in after:
     if module.endswith("heads"):

@@ -114,7 +114,9 @@ def test_launch_script_compares_pretrained_and_scratch_offline_and_online(source
   out = subprocess.run(["bash", os.path.join(REPO, "launch", "finetune.sh")], env=env,
                        capture_output=True, text=True, timeout=900)  # fmt: skip
   assert out.returncode == 0, out.stderr[-5000:]
-  assert "new heads: ['Pong']" in out.stderr  # Pretrained offline: a fresh head for Pong.
+  assert (
+    "new games (fresh heads): ['Pong']" in out.stderr
+  )  # Pretrained offline: a fresh head for Pong.
   for mode, name in (("offline", "Pong"), ("online", "Breakout_v1")):
     for init in ("pretrained", "scratch"):
       with open(workdir / mode / name / f"{init}_seed0" / "run_info.json") as f:
