@@ -88,6 +88,19 @@ def index_segment(reader: shards.RowReader, segment: shards.Segment) -> EpisodeI
   return EpisodeIndex(ends.astype(np.int64), returns, segment.num_rows)
 
 
+def selected_rows(index: EpisodeIndex, min_return: float | None) -> np.ndarray:
+  """bool [num_rows]: the rows whose episode ends inside the segment (its return-to-go is
+  known) and, with `min_return`, lies wholly inside it with a return of at least that."""
+  if not len(index.ends):
+    return np.zeros(index.num_rows, bool)
+  episode = np.searchsorted(index.ends, np.arange(index.num_rows))
+  selected = episode < len(index.ends)
+  if min_return is not None:
+    whole = selected & (episode > 0)
+    selected = whole & (index.returns[np.minimum(episode, len(index.ends) - 1)] >= min_return)
+  return selected
+
+
 def return_threshold(indices: Sequence[EpisodeIndex], top_fraction: float) -> float:
   """The return that the top `top_fraction` of a game's whole episodes reach.
 

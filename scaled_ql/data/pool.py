@@ -44,7 +44,7 @@ class ChunkPool:
     game_names: Sequence[str],
     segments: Sequence[Sequence[shards.Segment]],
     chunks: Sequence[Sequence[tuple[int, int, int]]],
-    chunk_p: Sequence[np.ndarray],
+    chunk_sizes: Sequence[np.ndarray],
     slots_per_game: int,
     chunk_rows: int,
     slot_lifetime_steps: int,
@@ -56,12 +56,11 @@ class ChunkPool:
     lookahead_steps: int = 16,
     selection: EpisodeSelection | None = None,
   ):
-    self.game_names, self._segments, self._chunks, self._chunk_p = (
-      game_names,
-      segments,
-      chunks,
-      chunk_p,
-    )
+    self.game_names, self._segments, self._chunks = game_names, segments, chunks
+    # Chunks are drawn in proportion to their size: their rows, or with an episode selection
+    # their rows in selected episodes (see sampler.py).
+    self._chunk_sizes = chunk_sizes
+    self._chunk_p = [sizes / sizes.sum() for sizes in chunk_sizes]
     self.slots_per_game, self.slot_lifetime_steps = slots_per_game, slot_lifetime_steps
     self.n_step, self.gamma, self.seed, self.process_index = n_step, gamma, seed, process_index
     self.num_slots = slots_per_game * len(game_names)
@@ -126,10 +125,11 @@ class ChunkPool:
     game = slot // self.slots_per_game
     rng = np.random.default_rng([self.seed, self.process_index, slot, generation, 0x51])
     chunks = self._chunks[game]
-    index = int(rng.choice(len(chunks), p=self._chunk_p[game]))
+    first = int(rng.choice(len(chunks), p=self._chunk_p[game]))
     reader, frames = self._thread_state()
     for attempt in range(len(chunks)):
-      seg_i, lo, hi = chunks[(index + attempt) % len(chunks)]
+      index = (first + attempt) % len(chunks)
+      seg_i, lo, hi = chunks[index]
       segment = self._segments[game][seg_i]
       valid, ret, discount, length, action = read_chunk(
         reader, segment, lo, hi, self.n_step, self.gamma, frames
@@ -158,7 +158,7 @@ class ChunkPool:
     self.discount[buffer, :v], self.length[buffer, :v] = discount, length
     self.action[buffer, :v] = action[valid]
     self.num_valid[buffer] = v
-    self.valid_fraction[buffer] = v / (hi - lo)
+    self.valid_fraction[buffer] = v / self._chunk_sizes[game][index]
     if facts is not None and self._selection.windows:
       n = len(action)
       self.row_action[buffer, :n], self.row_reward[buffer, :n] = action, facts.reward

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from scaled_ql.data import episodes, shards
+from scaled_ql.data.dqn_replay import DataError
 from scaled_ql.data.pool import ChunkPool, EpisodeSelection
 from scaled_ql.data.source import DataSource
 from scaled_ql.data.transitions import STACK, read_chunk, stack_frames
@@ -81,7 +82,10 @@ class ReplayDataset(DataSource):
     windows: bool = False,
     top_episode_fraction: float = 1.0,
   ):
-    """Indexes the selected data (reads only metadata); chunks are loaded on first use.
+    """Indexes the selected data; chunks are loaded on first use.
+
+    It reads only metadata, and with `windows` or `top_episode_fraction` < 1 also every
+    selected segment's reward and terminal arrays (5 bytes a row), to index its episodes.
 
     Args:
       shard_dir: output of `python -m data_prep.convert`.
@@ -128,14 +132,16 @@ class ReplayDataset(DataSource):
     runs = shards.parse_runs(runs)
     self.windows, self.top_episode_fraction = windows, top_episode_fraction
     self.min_episode_return = None  # per game, with top_episode_fraction < 1
-    self._segments, self._chunks, self._chunk_p = [], [], []
+    self._segments, self._chunks, self._chunk_sizes = [], [], []
     for game in self.game_names:
       segments = shards.find_segments(shard_dir, game, runs, suffixes, row_fraction)
       chunks = self._host_chunks(game, segments, chunk_rows)
-      sizes = np.array([hi - lo for _, lo, hi in chunks], float)
       self._segments.append(segments)
       self._chunks.append(chunks)
-      self._chunk_p.append(sizes / sizes.sum())
+      self._chunk_sizes.append(np.array([hi - lo for _, lo, hi in chunks], float))
+    selection = self._episode_selection()
+    if selection is not None:
+      self._keep_selected_chunks(selection)
     # ---- The pool: preallocated once; its size bounds memory whatever the dataset size.
     self.slots_per_game = max(2, pool_rows // (chunk_rows * len(self.game_names)))
     num_slots = self.slots_per_game * len(self.game_names)
@@ -146,7 +152,7 @@ class ReplayDataset(DataSource):
       self.game_names,
       self._segments,
       self._chunks,
-      self._chunk_p,
+      self._chunk_sizes,
       self.slots_per_game,
       chunk_rows,
       self.slot_lifetime_steps,
@@ -155,7 +161,7 @@ class ReplayDataset(DataSource):
       seed,
       process_index,
       num_io_threads,
-      selection=self._episode_selection(),
+      selection=selection,
     )
     _keep_freed_batches_in_the_heap()
 
@@ -179,6 +185,25 @@ class ReplayDataset(DataSource):
           raise ValueError(f"{game}: {e}") from None
     self.min_episode_return = min_return
     return EpisodeSelection(indices, min_return, self.windows)
+
+  def _keep_selected_chunks(self, selection: EpisodeSelection) -> None:
+    """Weighs chunks by their rows in selected episodes and drops those with none.
+
+    Slots then hold chunks in proportion to their selected rows and weigh them by their valid
+    states per selected row, so every selected state stays equally likely (the argument of
+    the module docstring with R_c = the chunk's selected rows).
+    """
+    for g, game in enumerate(self.game_names):
+      min_return = None if selection.min_return is None else selection.min_return[g]
+      counts = [  # [num_rows + 1] cumulative selected rows of each segment
+        np.concatenate([[0], np.cumsum(episodes.selected_rows(index, min_return))])
+        for index in selection.indices[g]
+      ]
+      sizes = np.array([counts[s][hi] - counts[s][lo] for s, lo, hi in self._chunks[g]], float)
+      if not sizes.any():
+        raise DataError(f"{game}: no row of a selected episode among this host's chunks")
+      self._chunks[g] = [c for c, size in zip(self._chunks[g], sizes, strict=True) if size]
+      self._chunk_sizes[g] = sizes[sizes > 0]
 
   def _host_chunks(self, game, segments, chunk_rows) -> list[tuple[int, int, int]]:
     """Returns this host's chunks (segment index, first row, end row) of one game."""

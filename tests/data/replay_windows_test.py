@@ -124,3 +124,17 @@ def test_top_episode_fraction_keeps_the_best_episodes(shard_dir):
 def test_bad_top_episode_fraction_is_refused_before_reading(shard_dir):
   with pytest.raises(ValueError, match=r"top_episode_fraction must be in \(0, 1\], got 0"):
     _dataset(shard_dir, top_episode_fraction=0.0)
+
+
+def test_chunks_are_weighted_by_their_rows_in_selected_episodes(shard_dir):
+  ds = _dataset(shard_dir, top_episode_fraction=0.25)
+  for g, game in enumerate(ds.game_names):
+    (_, _, reward, terminal), *_ = _segment_rows(shard_dir, game)  # one segment per game
+    ends = [i for i in range(len(reward)) if terminal[i]]
+    selected = np.zeros(len(reward), bool)
+    for a, b in zip(ends[:-1], ends[1:], strict=True):  # whole episodes: rows a+1..b
+      selected[a + 1 : b + 1] = sum(reward[a + 1 : b + 1]) >= ds.min_episode_return[g]
+    expected = [selected[lo:hi].sum() for _, lo, hi in ds._host_chunks(game, ds._segments[g], 64)]
+    np.testing.assert_array_equal(ds._chunk_sizes[g], [n for n in expected if n])
+    assert len(ds._chunks[g]) == sum(1 for n in expected if n) < len(expected)
+  ds.close()
