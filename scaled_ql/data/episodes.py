@@ -152,9 +152,11 @@ class ChunkEpisodes:
     reader.read(segment, first, last + 1, {"reward.f32": reward, "terminal.u8": terminal})
     self.return_to_go = np.where(self.known, returns_to_go(reward, terminal)[:num_loaded], 0.0)
     self.reward, self.terminal = reward[:num_loaded], terminal[:num_loaded].astype(bool)
-    previous_end = np.where(episode > 0, index.ends[np.maximum(episode - 1, 0)], -STACK_SIZE)
+    if len(index.ends):
+      previous_end = np.where(episode > 0, index.ends[np.maximum(episode - 1, 0)], -STACK_SIZE)
+      episode_return = index.returns[np.minimum(episode, len(index.ends) - 1)]
+    else:  # No episode ends in the segment: nothing is known.
+      previous_end, episode_return = np.full(num_loaded, -STACK_SIZE), np.zeros(num_loaded)
     self.padding = (episode > 0) & (rows - previous_end < STACK_SIZE)
     whole = self.known & (episode > 0)
-    self.whole_return = np.where(
-      whole, index.returns[np.minimum(episode, len(index.ends) - 1)], np.nan
-    ).astype(np.float32) if len(index.ends) else np.full(num_loaded, np.nan, np.float32)  # fmt: skip
+    self.whole_return = np.where(whole, episode_return, np.nan).astype(np.float32)

@@ -138,3 +138,16 @@ def test_chunks_are_weighted_by_their_rows_in_selected_episodes(shard_dir):
     np.testing.assert_array_equal(ds._chunk_sizes[g], [n for n in expected if n])
     assert len(ds._chunks[g]) == sum(1 for n in expected if n) < len(expected)
   ds.close()
+
+
+def test_a_segment_without_an_episode_end_knows_nothing():
+  class _Reader:  # the arrays of a 10-row segment with no terminal
+    def read(self, segment, lo, hi, out):
+      out["reward.f32"][:] = 1.0
+      out["terminal.u8"][:] = 0
+
+  index = episodes.EpisodeIndex(np.zeros(0, np.int64), np.zeros(0, np.float32), 10)
+  facts = episodes.ChunkEpisodes(_Reader(), None, index, 2, 8)
+  assert not facts.known.any() and not facts.padding.any()
+  assert np.isnan(facts.whole_return).all() and not facts.return_to_go.any()
+  assert not episodes.selected_rows(index, None).any()
