@@ -45,7 +45,7 @@ def test_online_finetuning_from_a_run_on_a_variant_completes_and_resumes(source_
   workdir = str(root / "finetuned")
   out = finetune(root, "--game=Breakout", "--variant=1", f"--init_from={source}",
                  f"--workdir={workdir}")  # fmt: skip
-  assert "heads of ['Breakout'] copied" in out.stderr
+  assert "parameters carried over for ['Breakout']" in out.stderr
   with open(os.path.join(workdir, "run_info.json")) as f:
     info = json.load(f)
   # The network came from the source run's record; the run is labelled for reports.
