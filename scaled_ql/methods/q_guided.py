@@ -9,7 +9,7 @@ checkpoints those parameters and evaluates the re-ranked policy; with more steps
 distils the re-ranked actions back into the proposal with its own supervised loss (the data's
 action replaced by the best of k sampled actions under the critic). The critic is fixed.
 
-    gin/baselines/q_guided_bc.gin, gin/local_q_guided.gin
+    gin/methods/q_guided_{bc,dt}.gin (fragments), gin/baselines/q_guided.gin (paper scale)
 """
 
 import dataclasses
