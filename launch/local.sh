@@ -6,7 +6,7 @@
 #   per-game table. About 40 minutes on 2 cores.
 # Every stage resumes: run it again after an interruption and it continues.
 # WORKDIR (default workdirs/local) holds the data, the runs and the results.
-# SEEDS="0 1 2" trains Scaled QL and BC with each seed (about 25 minutes more per seed) on the
+# SEEDS="0 1 2" trains Scaled QL and BC with each seed (about 30 minutes more per seed) on the
 # same data; the table then gives intervals over seeds and episodes.
 # Then `bash launch/baselines.sh` adds filtered BC, the DT and the Q-guided policies.
 set -euo pipefail

@@ -8,6 +8,15 @@ import optax
 DOPAMINE_ADAM_EPS = 0.0003125
 
 
+def _warmup_schedule(learning_rate: float, warmup_steps: int):
+  """The peak learning rate, reached linearly from 0 over `warmup_steps` (0: constant)."""
+  if learning_rate <= 0:
+    raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
+  if warmup_steps > 0:
+    return optax.linear_schedule(0.0, learning_rate, transition_steps=warmup_steps)
+  return learning_rate
+
+
 def make_optimizer(
   learning_rate: float = 2e-4,
   max_grad_norm: float | None = None,
@@ -31,11 +40,7 @@ def make_optimizer(
   Returns:
     The optax gradient transformation.
   """
-  if learning_rate <= 0:
-    raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
-  schedule = learning_rate
-  if warmup_steps > 0:
-    schedule = optax.linear_schedule(0.0, learning_rate, transition_steps=warmup_steps)
+  schedule = _warmup_schedule(learning_rate, warmup_steps)
   if weight_decay:
     adam = optax.adamw(schedule, b1=adam_b1, b2=adam_b2, eps=adam_eps, weight_decay=weight_decay)
   else:
@@ -62,11 +67,7 @@ def make_lamb(
     weight_decay: LAMB's decoupled weight decay.
     max_grad_norm: clip gradients to this global norm first; None disables clipping.
   """
-  if learning_rate <= 0:
-    raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
-  schedule = learning_rate
-  if warmup_steps > 0:
-    schedule = optax.linear_schedule(0.0, learning_rate, transition_steps=warmup_steps)
+  schedule = _warmup_schedule(learning_rate, warmup_steps)
   lamb = optax.lamb(schedule, weight_decay=weight_decay)
   return (
     lamb if max_grad_norm is None else optax.chain(optax.clip_by_global_norm(max_grad_norm), lamb)

@@ -172,13 +172,17 @@ class DecisionTransformer:
       if self.transformer.single_return_token:  # only the first step's return is modelled
         return_weight = real * (jnp.arange(STEPS) == 0)
 
+      def weighted_mean(x, weight):  # [B, T], [B, T] -> []
+        return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
       def mean_ce(logits, labels, weight):  # [B, T, C], [B, T], [B, T] -> []
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-        return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+        return weighted_mean(
+          optax.softmax_cross_entropy_with_integer_labels(logits, labels), weight
+        )
 
       action_ce = optax.softmax_cross_entropy_with_integer_labels(out.action_logits, actions)
       terms = {
-        "action_loss": jnp.sum(action_ce * real) / jnp.maximum(jnp.sum(real), 1.0),
+        "action_loss": weighted_mean(action_ce, real),
         "return_loss": mean_ce(out.return_logits, return_bins, return_weight),
         "reward_loss": mean_ce(out.reward_logits, reward_classes, real),
       }
@@ -189,8 +193,8 @@ class DecisionTransformer:
       metrics = {
         "loss": sum(terms.values()) / len(terms),
         **terms,
-        "action_accuracy": jnp.sum(correct * real) / jnp.maximum(jnp.sum(real), 1.0),
-        "returns_clipped": jnp.sum(outside * real) / jnp.maximum(jnp.sum(real), 1.0),
+        "action_accuracy": weighted_mean(correct, real),
+        "returns_clipped": weighted_mean(outside, real),
         "per_game/action_loss": losses.per_game_mean(per_example_action, batch.game_id, num_games),
         "per_game/batch_fraction": jnp.mean(jax.nn.one_hot(batch.game_id, num_games), axis=0),
       }
