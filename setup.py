@@ -18,6 +18,7 @@ setuptools.setup(
     "ale-py>=0.12.1",
     "chex>=0.1.92",
     "dm-haiku>=0.0.17",
+    "etils[epath]>=1.15",  # One path API for run directories and raw data, local or gs://.
     "gin-config>=0.5.0",
     "gymnasium[atari]>=1.4",
     "importlib_resources>=7.1",  # tfds-nightly's builders need it and do not declare it.
@@ -46,7 +47,9 @@ setuptools.setup(
     # dopamine-rl's replay-buffer writer and sampler, the DQN Replay format reference in tests,
     # is installed by launch/setup.sh with --no-deps (its own requirements would replace
     # tfp-nightly with tensorflow-probability 0.25, and add gym 0.25, tf-slim and pygame).
-    "test": ["pytest>=9.2"],
-    "tpu": ["jax[tpu]"],
+    "test": ["pytest>=9.2", "fsspec>=2026.9"],  # fsspec: an in-memory stand-in for a bucket.
+    # orbax imports google-cloud-storage for gs:// checkpoint directories (not exercised here:
+    # no GCS access on the development machines).
+    "tpu": ["jax[tpu]", "google-cloud-storage>=3.17"],
   },
 )

@@ -294,12 +294,13 @@ def collect_run(
     episode_log.close()
 
 
-def main(argv):
-  del argv
+def main() -> None:
+  from scaled_ql import cli
+
   runs = shards.parse_runs(FLAGS.runs)
   game_list = list(games.validate_games(FLAGS.games))
   if FLAGS.policy != "random" and not FLAGS.policy_workdir:
-    raise app.UsageError(
+    raise cli.UserError(
       f"--policy={FLAGS.policy} needs --policy_workdir (a training run); without a policy "
       "the only honest behaviour is --policy=random"
     )
@@ -336,6 +337,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from scaled_ql import cli  # A bad game, flag or policy run: one line (`--traceback` for more).
+
   define_flags()
   flags.mark_flags_as_required(["output_dir", "games"])
-  app.run(main)
+  app.run(lambda argv: cli.run_main(main))

@@ -10,9 +10,16 @@ unless their source files have changed since, which are converted again).
   python -m data_prep.convert --source=tfds --tfds_data_dir=~/tensorflow_datasets \
       --shard_dir=/data/shards --games=Pong --runs=1 --suffixes=0-4
 
+  python -m data_prep.convert --replay_dir=gs://atari-replay-datasets/dqn \
+      --shard_dir=/data/shards --games=Pong --runs=1 --suffixes=first20
+
 Flags:
-  --replay_dir: root holding `{Game}/{run}/replay_logs/` (gs://atari-replay-datasets/dqn layout).
-  --shard_dir: output root, read by `scaled_ql.data.ReplayDataset`.
+  --replay_dir: root holding `{Game}/{run}/replay_logs/` (gs://atari-replay-datasets/dqn layout):
+    a local copy, or the bucket itself, streamed (each file decompressed as it downloads,
+    through `etils.epath`; nothing of the raw data is kept on disk; needs Google Cloud
+    credentials, e.g. `gcloud auth application-default login`).
+  --shard_dir: output root, read by `scaled_ql.data.ReplayDataset`; a local (or mounted)
+    filesystem: the sampler reads shards at random offsets with os.preadv.
   --games, --runs, --suffixes: selection ("all", "first20", "0-9,12"); suffixes keep the files' own
     0-based numbers.
   --source: `dqn_replay` (default) or `tfds` (`rlu_atari_checkpoints_ordered` in --tfds_data_dir;
@@ -32,6 +39,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 
 from scaled_ql.data import dqn_replay, shards
 
@@ -121,13 +129,12 @@ def source_stamp(src_dir: str, suffix: int) -> dict[str, list]:
   """
   stamp = {}
   for name in dqn_replay.REQUIRED_FILES:
-    path = dqn_replay.filename(src_dir, name, suffix)
-    if not os.path.exists(path):  # A missing file is reported by the reader, with what to do.
+    path = epath.Path(dqn_replay.filename(src_dir, name, suffix))
+    if not path.exists():  # A missing file is reported by the reader, with what to do.
       continue
-    stamp[name] = [os.path.getsize(path)]
+    stamp[name] = [path.stat().length]
     if name in (dqn_replay.STORE_PREFIX + "terminal", "add_count"):
-      with open(path, "rb") as f:
-        stamp[name].append(hashlib.sha256(f.read()).hexdigest())
+      stamp[name].append(hashlib.sha256(path.read_bytes()).hexdigest())
   return stamp
 
 
@@ -146,7 +153,7 @@ def convert_dqn_suffix(
   start, num_rows = dqn_replay.time_order(capacity, info.add_count)
   prev_path = dqn_replay.filename(src_dir, "add_count", suffix - 1)
   contiguous, new_rows = False, num_rows
-  if suffix > 0 and os.path.exists(prev_path):
+  if suffix > 0 and epath.Path(prev_path).exists():
     delta = info.add_count - int(dqn_replay.load_array(prev_path))
     if delta <= 0:
       path = dqn_replay.filename(src_dir, "add_count", suffix)
@@ -228,7 +235,15 @@ def convert(
   skip_bad: bool = False,
   compress: bool = False,
 ) -> dict[str, int]:
-  """Converts the selection; returns counts {"converted", "skipped_done", "skipped_bad"}."""
+  """Converts the selection; returns counts {"converted", "skipped_done", "skipped_bad"}.
+
+  `replay_dir` may be a bucket URI (read through etils.epath); `shard_dir` must be local.
+  """
+  if "://" in shard_dir:
+    raise ValueError(
+      f"--shard_dir={shard_dir}: shards are written to a local (or mounted) filesystem, which "
+      "the sampler reads at random offsets (os.preadv); only --replay_dir may be a bucket."
+    )
   counts = {"converted": 0, "skipped_done": 0, "skipped_bad": 0}
   wanted = shards.parse_suffixes(suffixes)
   for game in games:
@@ -276,8 +291,7 @@ def convert(
   return counts
 
 
-def main(argv):
-  del argv
+def main() -> None:
   counts = convert(
     FLAGS.replay_dir,
     FLAGS.shard_dir,
@@ -293,6 +307,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from scaled_ql import cli  # A bad file or directory: one line (`--traceback` for more).
+
   define_flags()
   flags.mark_flags_as_required(["shard_dir", "games"])
-  app.run(main)
+  app.run(lambda argv: cli.run_main(main))

@@ -15,6 +15,9 @@
 #   --dry_run     print the gsutil commands instead of running them.
 # One full suffix is ~6 files, ~1.5-2 GB compressed (7 GB of frames once unpacked by convert); a run
 # is ~51 suffixes. Needs gsutil (Google Cloud SDK); the bucket is public (requester pays: no).
+# Optional: `python -m data_prep.convert --replay_dir=gs://atari-replay-datasets/dqn ...` streams
+# the files from the bucket straight into shards, with no local copy of the raw data. Download
+# first when the same files are converted more than once, or the network is slow or metered.
 set -euo pipefail
 
 BUCKET="gs://atari-replay-datasets/dqn"

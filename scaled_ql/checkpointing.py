@@ -5,25 +5,59 @@
 
 An offline source needs no data item: its batches are a pure function of (seed, step), so
 restoring `state.step` restores where its stream was. A source fed by acting saves its rows.
+The workdir may be a bucket (`gs://...`): orbax writes there itself.
 """
 
+import contextlib
 import os
+import re
 
 import jax
 import orbax.checkpoint as ocp
+
+from scaled_ql import runs
 
 CHECKPOINT_SUBDIR = "checkpoints"
 _STATE, _DATA = "default", "data"
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """`{workdir}/checkpoints`, absolute (a `gs://` URI is kept as it is)."""
+  return os.path.join(runs.absolute(workdir), CHECKPOINT_SUBDIR)
+
+
 def has_checkpoint(workdir: str) -> bool:
-  """Whether the workdir holds a finished checkpoint (without creating anything)."""
-  directory = os.path.join(workdir, CHECKPOINT_SUBDIR)
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  """Whether the workdir holds a finished checkpoint (without creating anything).
+
+  Finished as orbax sees it: locally a step directory renamed into place, in a bucket (where
+  orbax writes in place) one holding its commit marker.
+  """
+  return bool(ocp.utils.checkpoint_steps(checkpoint_dir(workdir)))
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint's parameters do not fit the configured network."""
+
+
+class CheckpointWriteError(OSError):
+  """The storage refused a checkpoint (full disk, quota...); the earlier checkpoints are intact."""
+
+  def __str__(self) -> str:
+    return self.strerror
+
+
+def _os_error(e: Exception) -> tuple[int, str] | None:
+  """(errno, reason) when `e` is the storage refusing a write, else None.
+
+  orbax raises its own writes' OSError; tensorstore (which writes the arrays) a ValueError
+  whose long message holds the OS error's code, e.g. "RESOURCE_EXHAUSTED: ... [os_error_code=28]".
+  """
+  if isinstance(e, OSError) and e.errno:
+    return e.errno, e.strerror or os.strerror(e.errno)
+  found = re.search(r"\[os_error_code='?(\d+)", str(e))
+  if isinstance(e, ValueError) and found:
+    return int(found.group(1)), os.strerror(int(found.group(1)))
+  return None
 
 
 def _flatten_shapes(tree) -> dict[str, tuple[int, ...]]:
@@ -45,12 +79,16 @@ def _as_dict(state) -> dict:
 class Checkpointer:
   """Saves and restores `TrainState`s under `{workdir}/checkpoints/{step}`.
 
-  Writes are atomic (orbax writes to a temporary directory and renames), so a
-  process killed mid-save leaves the previous checkpoint as the latest one.
+  Writes are atomic (orbax writes to a temporary directory and renames it; in a bucket, where
+  a rename is a copy, it writes in place and marks the step finished with a commit file last),
+  so a process killed mid-save leaves the previous checkpoint as the latest one. A write the
+  storage refuses (a full disk) raises `CheckpointWriteError` from `save` or `wait`, naming the
+  checkpoint that a rerun resumes from.
   """
 
   def __init__(self, workdir: str, max_to_keep: int = 3):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_SUBDIR)
+    self.directory = checkpoint_dir(workdir)
+    self._saving = None  # The step of the save in flight.
     self._manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
@@ -66,11 +104,14 @@ class Checkpointer:
 
   def save(self, state, data_state: dict | None = None) -> None:
     """Saves `state` (and a data source's non-empty state) at `state.step` (asynchronously)."""
+    self.wait()  # The previous save's failure is reported as its own (orbax waits anyway).
     step = int(jax.device_get(state.step))
     items = {_STATE: ocp.args.PyTreeSave(state)}
     if data_state:
       items[_DATA] = ocp.args.PyTreeSave(data_state)
-    self._manager.save(step, args=ocp.args.Composite(**items))
+    with self._refused_writes_reported(step):
+      self._manager.save(step, args=ocp.args.Composite(**items))
+    self._saving = step
 
   def restore_data(self, step: int) -> dict:
     """The data source's state saved with the checkpoint at `step` ({} if none was saved)."""
@@ -81,7 +122,32 @@ class Checkpointer:
     )[_DATA]
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the save in flight, if any."""
+    with self._refused_writes_reported(self._saving):
+      self._manager.wait_until_finished()
+    self._saving = None
+
+  @contextlib.contextmanager
+  def _refused_writes_reported(self, step: int | None):
+    """Turns the storage's refusal to write checkpoint `step` into a `CheckpointWriteError`."""
+    try:
+      yield
+    except Exception as e:
+      refused = _os_error(e)
+      if refused is None:
+        raise
+      kept = self.latest_step()
+      raise CheckpointWriteError(
+        refused[0],
+        f"The checkpoint at step {step} could not be written to {self.directory}: {refused[1]}. "
+        + (
+          f"The run stopped; its checkpoint at step {kept} is intact: once this is fixed (e.g. "
+          "space freed), run the same command again to resume from it."
+          if kept is not None
+          else "The run stopped before its first checkpoint: once this is fixed (e.g. space "
+          "freed), run the same command again."
+        ),
+      ) from e
 
   def restore(self, abstract_state, step: int | None = None, partial: bool = False):
     """Restores a checkpoint into the structure, shapes and shardings of `abstract_state`.

@@ -22,11 +22,13 @@ import time
 from collections.abc import Callable, Sequence
 
 import ale_py
+import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from scaled_ql import actor as actor_lib
-from scaled_ql import atari, games, runs, types, video
+from scaled_ql import atari, games, multihost, runs, types, video
 
 
 def protocol_name(protocol: atari.Protocol) -> str:
@@ -216,18 +218,29 @@ def make_eval_fn(
   """
 
   def eval_fn(policy, game_names, step, workdir):
-    results = evaluate(
-      policy,
-      game_names,
-      num_episodes,
-      protocol=protocol,
-      epsilon=epsilon,
-      num_envs_per_game=num_envs_per_game,
-      seed=seed,
-      variant=variant,
-      video_dir=os.path.join(workdir, "videos", f"step_{step:09d}") if videos else None,
+    # On a multi-host run each process plays every process_count-th game with its own copy of
+    # the policy; process 0 writes the results of all.
+    game_names = list(game_names)
+    mine = game_names[jax.process_index() :: jax.process_count()]
+    results = (
+      None
+      if not mine
+      else evaluate(
+        policy,
+        mine,
+        num_episodes,
+        game_ids=[game_names.index(game) for game in mine],
+        protocol=protocol,
+        epsilon=epsilon,
+        num_envs_per_game=num_envs_per_game,
+        seed=seed,
+        variant=variant,
+        video_dir=os.path.join(workdir, "videos", f"step_{step:09d}") if videos else None,
+      )
     )
-    runs.write_results(workdir, results, checkpoint_step=step)
+    results = _merge_over_processes(results, game_names)
+    if jax.process_index() == 0:
+      runs.write_results(workdir, results, checkpoint_step=step)
     scalars = {f"eval/{g}/return": v for g, v in results.mean_returns().items()}
     hns = [
       games.human_normalized_score(g, v)
@@ -241,6 +254,23 @@ def make_eval_fn(
     return scalars
 
   return eval_fn
+
+
+def _merge_over_processes(results: runs.EvalResults | None, game_names) -> runs.EvalResults:
+  """Every process's games (`None`: it had none) in one `EvalResults`, games in `game_names`
+  order, on every process (a collective: every process calls it)."""
+  if jax.process_count() == 1:
+    return results
+  parts = [p for p in multihost.allgather_json(results and dataclasses.asdict(results)) if p]
+  per_game = {game: r for part in parts for game, r in part["games"].items()}
+  return runs.EvalResults(
+    **{
+      **parts[0],
+      "games": {game: runs.GameResult(**per_game[game]) for game in game_names},
+      "agent_steps": sum(part["agent_steps"] for part in parts),
+      "wall_time_s": max(part["wall_time_s"] for part in parts),  # The processes play at once.
+    }
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +299,7 @@ def main() -> None:
 
   f = flags.FLAGS
   workdir = cli.require_workdir()
-  if not os.path.isdir(workdir):
+  if not epath.Path(workdir).is_dir():  # A local path or a gs:// URI.
     raise cli.UserError(
       f"--workdir={workdir} does not exist. Train a run first, e.g. "
       "`python -m scaled_ql.pretrain --workdir=... --gin_file=...`."

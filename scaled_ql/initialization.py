@@ -15,6 +15,7 @@ shared layers at a lower learning rate or freeze them (`torso_learning_rate_scal
 import dataclasses
 import functools
 import os
+import posixpath
 import re
 
 import jax
@@ -31,7 +32,8 @@ class InitFrom:
   """Start a run from another run's parameters (gin: `initialization.InitFrom`).
 
   Attributes:
-    source: a run directory (its latest checkpoint) or one checkpoint, `RUN/checkpoints/STEP`.
+    source: a run directory (its latest checkpoint) or one checkpoint, `RUN/checkpoints/STEP`;
+      a local path or a bucket URI (`gs://...`).
     params: "params" or "ema_params" of the source; default: those its policy acts with.
     torso_learning_rate_scale: multiplies the updates of the shared (not per-game) parameters:
       1 trains everything alike, 0 freezes the torso (no optimizer state is kept for it).
@@ -53,8 +55,9 @@ class InitFrom:
       raise ValueError(f"InitFrom.params must be 'params' or 'ema_params', got {self.params!r}.")
 
   def run_and_step(self) -> tuple[str, int | None]:
-    """(run directory, checkpoint step or None for the latest)."""
-    path = os.path.normpath(self.source)
+    """(run directory, checkpoint step or None for the latest); a `gs://` source stays a URI."""
+    scheme, sep, rest = self.source.partition("://")
+    path = scheme + sep + posixpath.normpath(rest) if sep else os.path.normpath(self.source)
     match = re.fullmatch(r"(.*)/" + checkpointing.CHECKPOINT_SUBDIR + r"/(\d+)", path)
     return (match.group(1), int(match.group(2))) if match else (path, None)
 

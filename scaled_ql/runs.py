@@ -3,11 +3,14 @@
     {workdir}/run_info.json          what the run is: method, games, seed, sizes, labels
     {workdir}/operative_config.gin   the gin configuration it ran with
     {workdir}/metrics.jsonl          one JSON row per logged step (TensorBoard: tensorboard/)
+    {workdir}/metrics/{n}.jsonl      the same rows in a bucket, in chunks (`metrics_files`)
     {workdir}/checkpoints/{step}/    orbax checkpoints (`checkpointing`)
     {workdir}/eval/{tag}/            results.json and episodes.csv of one evaluation
 
-Every whole-file write is atomic (`write_atomically`): a kill leaves the old file or the new.
-The trainer, evaluation, reports and compare all go through this module.
+A workdir is a local path or a bucket URI (`gs://bucket/run`): every read and write goes
+through `etils.epath`, which speaks both. Every whole-file write is atomic
+(`write_atomically`): a kill leaves the old file or the new. The trainer, evaluation, reports
+and compare all go through this module.
 """
 
 import csv
@@ -17,44 +20,84 @@ import hashlib
 import io
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from scaled_ql import games
 
 RUN_INFO_FILE = "run_info.json"
 OPERATIVE_CONFIG_FILE = "operative_config.gin"
 METRICS_FILE = "metrics.jsonl"
+METRICS_CHUNKS_SUBDIR = "metrics"
 TENSORBOARD_SUBDIR = "tensorboard"
 EVAL_SUBDIR = "eval"
 RESULTS_FORMAT = "scaled_ql.eval_results/1"
 DEFAULT_EVAL_EPSILON = 0.001
+_CHUNK_RE = re.compile(r"(\d+)\.jsonl")
+
+PathLike = str | os.PathLike
 
 
-def write_atomically(path: str, text: str) -> None:
-  """Writes a whole file so that a kill leaves either the old or the new one."""
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+# ---------------------------------------------------------------------------------------------
+# Paths: local files and bucket objects alike.
+# ---------------------------------------------------------------------------------------------
 
 
-def check_writable(workdir: str) -> None:
-  """Refuses a URI or an unwritable workdir before any work (creating it if missing)."""
-  if "://" in workdir:
-    raise ValueError(
-      f"--workdir={workdir}: URIs are not supported; use a local path or a mounted shared "
-      "filesystem (e.g. gcsfuse or NFS, the same path on every host)."
-    )
-  try:  # A real write: os.access says yes to root even on a read-only filesystem.
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.TemporaryFile(dir=workdir):
-      pass
-  except OSError as e:
+def is_uri(path: PathLike) -> bool:
+  """Whether `path` names objects in a bucket (`gs://...`) rather than local files."""
+  return "://" in os.fspath(path)
+
+
+def absolute(path: PathLike) -> str:
+  """`path` made absolute; a URI unchanged (`os.path.abspath` would mangle `gs://`)."""
+  return os.fspath(path) if is_uri(path) else os.path.abspath(path)
+
+
+def write_atomically(path: PathLike, text: str) -> None:
+  """Writes a whole file so that a kill leaves either the old or the new one.
+
+  In a bucket an object write is atomic by itself (the object appears whole when its upload
+  completes, and not before), so the object is written in place. On a local disk the text goes
+  to `{path}.tmp`, then is renamed over `path` (a rename is atomic on POSIX filesystems; on a
+  bucket mounted with gcsfuse it is not, so give such runs their `gs://` URI instead).
+  """
+  data, path = text.encode(), epath.Path(path)  # Encoded first: a bad text writes nothing.
+  if is_uri(path):
+    path.write_bytes(data)
+    return
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_bytes(data)
+  tmp.replace(path)
+
+
+def check_writable(workdir: PathLike) -> None:
+  """Refuses an unwritable workdir before any work (creating it if missing).
+
+  A bucket is probed by writing and deleting a small object (its credentials and permissions
+  are only known by trying); a local directory by an unnamed temporary file.
+  """
+  path, uri = epath.Path(workdir), is_uri(workdir)
+  errors = Exception if uri else OSError  # Object-store clients raise their own error types.
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    if uri:
+      probe = path / f".write_probe.{socket.gethostname()}.{os.getpid()}"
+      probe.write_text("")
+      probe.unlink()
+    else:  # A real write: os.access says yes to root even on a read-only filesystem.
+      with tempfile.TemporaryFile(dir=workdir):
+        pass
+  except errors as e:
+    reason = getattr(e, "strerror", None) or str(e).strip().split("\n")[0] or type(e).__name__
+    hint = " (check the bucket name and your credentials)" if uri else ""
     raise PermissionError(
-      f"The workdir {workdir} is not writable ({e.strerror}); pass another --workdir."
+      f"The workdir {workdir} is not writable ({reason}){hint}; pass another --workdir."
     ) from e
 
 
@@ -63,30 +106,29 @@ def check_writable(workdir: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_run_info(workdir: str, info: dict, operative_config: str) -> None:
+def write_run_info(workdir: PathLike, info: dict, operative_config: str) -> None:
   """Writes `run_info.json` (None values left out) and `operative_config.gin`."""
   text = json.dumps({k: v for k, v in info.items() if v is not None}, indent=2)
-  write_atomically(os.path.join(workdir, OPERATIVE_CONFIG_FILE), operative_config)
-  write_atomically(os.path.join(workdir, RUN_INFO_FILE), text)
+  write_atomically(epath.Path(workdir) / OPERATIVE_CONFIG_FILE, operative_config)
+  write_atomically(epath.Path(workdir) / RUN_INFO_FILE, text)
 
 
-def is_run(workdir: str) -> bool:
-  return os.path.exists(os.path.join(workdir, RUN_INFO_FILE))
+def is_run(workdir: PathLike) -> bool:
+  return (epath.Path(workdir) / RUN_INFO_FILE).exists()
 
 
-def read_run_info(workdir: str) -> dict:
+def read_run_info(workdir: PathLike) -> dict:
   """Reads a run's `run_info.json`, with a clear error when the run does not exist."""
-  path = os.path.join(workdir, RUN_INFO_FILE)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / RUN_INFO_FILE
+  if not path.exists():
     raise FileNotFoundError(
       f"{path} does not exist: {workdir} is not a training run directory "
       "(run `python -m scaled_ql.pretrain --workdir=...` first)."
     )
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
-def check_same_run(workdir: str, run_info: dict, identity: Sequence[str]) -> None:
+def check_same_run(workdir: PathLike, run_info: dict, identity: Sequence[str]) -> None:
   """Refuses to continue a run whose `identity` fields (games, seed, model...) changed."""
   if not is_run(workdir):
     return
@@ -109,14 +151,39 @@ def check_same_run(workdir: str, run_info: dict, identity: Sequence[str]) -> Non
 # ---------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """Reads a `metrics.jsonl` file back.
+def metrics_files(workdir: PathLike) -> list[epath.Path]:
+  """The files holding a run's logged rows, oldest rows first.
+
+  On a local disk the trainer appends to `metrics.jsonl`. A bucket's objects cannot be appended
+  to, so there the rows go to numbered chunks `metrics/{n:06d}.jsonl` instead, each rewritten
+  whole while it grows (`metrics.MetricWriter`); a run moved from a disk to a bucket has both,
+  `metrics.jsonl` holding the older rows.
+  """
+  root = epath.Path(workdir)
+  files = [root / METRICS_FILE] if (root / METRICS_FILE).exists() else []
+  return files + [path for _, path in metrics_chunks(workdir)]
+
+
+def metrics_chunks(workdir: PathLike) -> list[tuple[int, epath.Path]]:
+  """(number, path) of each chunk of rows under `{workdir}/metrics/`, in order."""
+  directory = epath.Path(workdir) / METRICS_CHUNKS_SUBDIR
+  if not directory.is_dir():
+    return []
+  found = ((_CHUNK_RE.fullmatch(path.name), path) for path in directory.iterdir())
+  return sorted((int(match.group(1)), path) for match, path in found if match)
+
+
+def metrics_chunk(workdir: PathLike, number: int) -> epath.Path:
+  return epath.Path(workdir) / METRICS_CHUNKS_SUBDIR / f"{number:06d}.jsonl"
+
+
+def read_jsonl(path: PathLike) -> list[dict]:
+  """Reads a `metrics.jsonl` file (or chunk) back.
 
   A last line cut short (the process was killed while writing it) is skipped; a bad line
   elsewhere is an error naming the file and line.
   """
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
+  lines = [line for line in io.StringIO(epath.Path(path).read_text()) if line.strip()]
   rows = []
   for number, line in enumerate(lines, start=1):
     try:
@@ -128,13 +195,12 @@ def read_jsonl(path: str) -> list[dict]:
   return rows
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  """The run's logged rows (`[]` before the first log)."""
-  path = os.path.join(workdir, METRICS_FILE)
-  return read_jsonl(path) if os.path.exists(path) else []
+def read_metrics(workdir: PathLike) -> list[dict]:
+  """The run's logged rows in order (`[]` before the first log)."""
+  return [row for path in metrics_files(workdir) for row in read_jsonl(path)]
 
 
-def steps_with(workdir: str, prefix: str) -> set[int]:
+def steps_with(workdir: PathLike, prefix: str) -> set[int]:
   """Steps whose logged row has a metric starting with `prefix`."""
   return {row["step"] for row in read_metrics(workdir) if any(k.startswith(prefix) for k in row)}
 
@@ -210,7 +276,9 @@ def latest(results: Sequence[EvalResults]) -> EvalResults:
   )
 
 
-def write_results(workdir: str, results: EvalResults, checkpoint_step: int | None = None) -> str:
+def write_results(
+  workdir: PathLike, results: EvalResults, checkpoint_step: int | None = None
+) -> str:
   """Writes `{workdir}/eval/{tag}/results.json` and `episodes.csv`.
 
   An evaluation of the same checkpoint under the same settings (`results_tag`) that is already
@@ -228,10 +296,10 @@ def write_results(workdir: str, results: EvalResults, checkpoint_step: int | Non
   """
   if checkpoint_step is not None:
     results.checkpoint_step = int(checkpoint_step)
-  out_dir = os.path.join(workdir, EVAL_SUBDIR, results_tag(results))
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, "results.json")
-  if os.path.exists(path):
+  out_dir = epath.Path(workdir) / EVAL_SUBDIR / results_tag(results)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / "results.json"
+  if path.exists():
     previous = read_results(path)
     if _settings(previous) == _settings(results):
       results = dataclasses.replace(
@@ -255,8 +323,8 @@ def write_results(workdir: str, results: EvalResults, checkpoint_step: int | Non
   for game, r in results.games.items():
     for k, (ret, length, trunc) in enumerate(zip(r.returns, r.lengths, r.truncated, strict=True)):
       rows.append([game, r.game_id, k, ret, length, int(trunc)])
-  write_atomically(os.path.join(out_dir, "episodes.csv"), _csv_text(rows))
-  return path
+  write_atomically(out_dir / "episodes.csv", _csv_text(rows))
+  return os.fspath(path)
 
 
 def _csv_text(rows: Sequence[Sequence]) -> str:
@@ -265,10 +333,9 @@ def _csv_text(rows: Sequence[Sequence]) -> str:
   return text.getvalue()
 
 
-def read_results(path: str) -> EvalResults:
+def read_results(path: PathLike) -> EvalResults:
   """Reads a results.json written by `write_results`."""
-  with open(path) as f:
-    record = json.load(f)
+  record = json.loads(epath.Path(path).read_text())
   if record.get("format") != RESULTS_FORMAT:
     raise ValueError(f"{path} is not a {RESULTS_FORMAT} file (format={record.get('format')}).")
   fields = {f.name for f in dataclasses.fields(GameResult)}
@@ -284,15 +351,15 @@ def read_results(path: str) -> EvalResults:
   return EvalResults(games=per_game, **kwargs)
 
 
-def find_results(workdir: str) -> list[str]:
+def find_results(workdir: PathLike) -> list[str]:
   """Paths of all results.json files of a run, sorted by tag (so by checkpoint step)."""
-  eval_dir = os.path.join(workdir, EVAL_SUBDIR)
-  if not os.path.isdir(eval_dir):
+  eval_dir = epath.Path(workdir) / EVAL_SUBDIR
+  if not eval_dir.is_dir():
     return []
-  paths = [os.path.join(eval_dir, d, "results.json") for d in sorted(os.listdir(eval_dir))]
-  return [p for p in paths if os.path.exists(p)]
+  paths = [eval_dir / name / "results.json" for name in sorted(d.name for d in eval_dir.iterdir())]
+  return [os.fspath(p) for p in paths if p.exists()]
 
 
-def read_all_results(workdir: str) -> list[EvalResults]:
+def read_all_results(workdir: PathLike) -> list[EvalResults]:
   """Every evaluation of a run, in tag order."""
   return [read_results(path) for path in find_results(workdir)]

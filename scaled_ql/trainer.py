@@ -18,8 +18,18 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from scaled_ql import checkpointing, games, initialization, metrics, runs, sharding
+from scaled_ql import (
+  checkpointing,
+  games,
+  initialization,
+  metrics,
+  multihost,
+  runs,
+  sharding,
+  workdir_lock,
+)
 from scaled_ql import train_step as train_step_lib
+from scaled_ql.data import source as data_source
 from scaled_ql.methods import base, loading
 
 # Fields that must not change when a run resumes (num_grad_steps and evaluation may).
@@ -47,6 +57,7 @@ def train(
   init_from: initialization.InitFrom | None = None,
   data_quality: str | None = None,
   phase: str = "pretrain",
+  data_shards: int | None = None,
 ) -> dict[str, float]:
   """Trains `method` on the games' data.
 
@@ -73,6 +84,10 @@ def train(
     data_quality: label for reports ("near_optimal" / "low_quality"); by default the data
       source's own.
     phase: label for reports ("pretrain" / "offline_finetune" / "online_finetune").
+    data_shards: split the data and each global batch into this many disjoint shards, each
+      process holding as many consecutive ones (default: one per process). The batches depend
+      on this number only, not on the number of processes: fix it (e.g. 64) to resume a run on
+      another number of hosts with the same data stream.
 
   Returns:
     The last logged metrics (host floats).
@@ -83,11 +98,17 @@ def train(
     raise ValueError(f"num_grad_steps must be >= 0 (0: evaluate the initial parameters), got "
                      f"{num_grad_steps}.")  # fmt: skip
   runs.check_writable(workdir)
+  num_shards = data_shards or jax.process_count()
   local_batch_size, remainder = divmod(global_batch_size, jax.process_count())
   if remainder or local_batch_size % jax.local_device_count():
     raise ValueError(
       f"global_batch_size={global_batch_size} must split evenly over {jax.process_count()} "
       f"process(es) and then over each process's {jax.local_device_count()} device(s)."
+    )
+  if num_shards % jax.process_count() or global_batch_size % num_shards:
+    raise ValueError(
+      f"data_shards={num_shards} must be a multiple of the {jax.process_count()} process(es) "
+      f"and divide global_batch_size={global_batch_size}."
     )
   run_info = dict(
     **loading.method_record(method),
@@ -98,22 +119,27 @@ def train(
     seed=seed,
     global_batch_size=global_batch_size,
     num_grad_steps=num_grad_steps,
+    data_shards=num_shards,
+    num_processes=jax.process_count(),
     ema_decay=ema_decay,
   )
   if checkpointing.has_checkpoint(workdir):
     runs.check_same_run(workdir, run_info, _IDENTITY_FIELDS)
+    stored_shards = (runs.read_run_info(workdir) if runs.is_run(workdir) else {}).get(
+      "data_shards", num_shards
+    )
+    if stored_shards != num_shards:
+      logging.warning("The run's data was split into %d shards, now %d: its batches from here on "
+                      "differ from an uninterrupted run's (bind train.data_shards = %d to keep "
+                      "them).", stored_shards, num_shards, stored_shards)  # fmt: skip
   learner = method.build(game_names)
   if init_from is not None:
     learner = init_from.adapt(learner)
   # Whatever stops the run (an error included), what was opened is closed, in reverse order.
   with contextlib.ExitStack() as cleanup:
-    dataset = dataset_fn(
-      game_names=game_names,
-      local_batch_size=local_batch_size,
-      seed=seed,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
+    # One trainer per workdir (a requeued job whose first copy still runs is refused).
+    cleanup.enter_context(workdir_lock.hold(workdir, enabled=jax.process_index() == 0))
+    dataset = _make_dataset(dataset_fn, game_names, global_batch_size, seed, num_shards)
     cleanup.callback(dataset.close)
 
     # -- Restore or initialise the state.
@@ -124,10 +150,10 @@ def train(
       checkpointer, learner, game_names, seed, mesh, fsdp=fsdp, ema=ema_decay > 0,
       init_from=init_from,
     )  # fmt: skip
-    if jax.process_count() > 1 and (data_state or dataset.state()):
+    if num_shards > 1 and (data_state or dataset.state()):
       raise ValueError(
         f"{type(dataset).__name__} keeps state (rows gathered by acting), which is checkpointed "
-        "for one process only; run it with one process."
+        "for one data shard only; run it with one process and train.data_shards = 1."
       )
     dataset.restore(data_state)
     start_step = int(state.step)
@@ -138,8 +164,9 @@ def train(
 
     def current_policy():
       """A policy on the current parameters (for evaluation, and a source that acts); valid until
-      the next step (the step donates the state), so a source asks for it anew before each batch."""
-      return learner.make_policy(evaluated_params(state))
+      the next step (the step donates the state), so a source asks for it anew before each batch.
+      It acts on this process's devices alone (collective when the parameters are split)."""
+      return learner.make_policy(multihost.host_local(evaluated_params(state)))
 
     # The first batch comes before the run's records: data that cannot make one (no valid
     # transition, batches the method cannot take) stops the run before run_info.json,
@@ -170,10 +197,6 @@ def train(
     )
     writer = metrics.MetricWriter(workdir, start_step, enabled=jax.process_index() == 0)
     cleanup.callback(writer.close)
-    if eval_fn and jax.process_count() > 1:
-      logging.warning("Periodic evaluation is single-process only; skipped. Evaluate checkpoints "
-                      "with `python -m scaled_ql.evaluate --workdir=...`.")  # fmt: skip
-      eval_fn = None
     progress = tqdm.tqdm(
       total=num_grad_steps,
       initial=start_step,
@@ -197,6 +220,9 @@ def train(
       for row in runs.read_metrics(workdir):
         last_logged.update({k: v for k, v in row.items() if k != "step"})
     step, window = start_step, []
+    if eval_fn and eval_every_steps and 0 < step < num_grad_steps and step % eval_every_steps == 0:
+      if not _evaluated(workdir, step):  # The run was killed while evaluating this checkpoint.
+        last_logged = {**last_logged, **run_eval(step)}
     while step < num_grad_steps:
       batch = first_batch if step == start_step else next(batches)
       state, step_metrics = step_fn(state, sharding.put_batch(batch, mesh))
@@ -226,9 +252,41 @@ def train(
         last_logged = {**last_logged, **run_eval(step)}
         window_start, window_time = step, time.time()  # Evaluation is not training throughput.
     # The final evaluation also runs when a killed run had checkpointed but not evaluated.
-    if eval_fn and step not in runs.steps_with(workdir, "eval/"):
+    if eval_fn and not _evaluated(workdir, step):
       last_logged = {**last_logged, **run_eval(step)}
+    checkpointer.wait()
+    multihost.barrier("end of training")  # No process leaves while another still saves.
     return last_logged
+
+
+def _make_dataset(dataset_fn, game_names, global_batch_size: int, seed: int, num_shards: int):
+  """This process's data shards as one source: shards p*k .. p*k+k-1 of `num_shards` for process
+  p (k = num_shards / process_count), each making global_batch_size / num_shards examples."""
+  per_process = num_shards // jax.process_count()
+  first = jax.process_index() * per_process
+  sources = []
+  try:
+    for shard in range(first, first + per_process):
+      sources.append(
+        dataset_fn(
+          game_names=game_names,
+          local_batch_size=global_batch_size // num_shards,
+          seed=seed,
+          process_index=shard,
+          process_count=num_shards,
+        )
+      )
+  except BaseException:
+    for source in sources:
+      source.close()
+    raise
+  return sources[0] if per_process == 1 else data_source.Concatenated(sources)
+
+
+def _evaluated(workdir: str, step: int) -> bool:
+  """Whether the run's metrics hold an evaluation of `step`, as process 0 reads them (the others
+  follow its answer: only process 0 writes the file)."""
+  return multihost.allgather_json(step in runs.steps_with(workdir, "eval/"))[0]
 
 
 def evaluated_params(state):

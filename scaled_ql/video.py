@@ -10,14 +10,19 @@ Each video holds the newest frame of every observation the agent acted on (84x84
 the DQN protocol's frames, scaled up 4x without smoothing) at 15 frames per second: one frame
 per agent step of 4 emulator frames at 60 Hz, so it plays at the game's speed. Written with
 OpenCV as MP4 (`mp4v`) when the episode ends, or on `close` for an episode still running.
+OpenCV writes local files only: videos for a bucket (`gs://...`) are written to a local
+temporary file, then copied there. Frame sheets read and write local files.
 """
 
 import os
+import tempfile
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
+from etils import epath
 
+from scaled_ql import runs
 from scaled_ql.actor import Step
 
 FPS = 15
@@ -31,11 +36,12 @@ class EpisodeRecorder:
     """Prepares the directory.
 
     Args:
-      video_dir: where the videos go (created if missing).
+      video_dir: where the videos go (created if missing): a local path or a `gs://` URI.
       names: env row of the Actor's batch -> file name stem (`{stem}.mp4`).
     """
-    os.makedirs(video_dir, exist_ok=True)
+    epath.Path(video_dir).mkdir(parents=True, exist_ok=True)
     self._paths = {row: os.path.join(video_dir, f"{stem}.mp4") for row, stem in names.items()}
+    self._local = not runs.is_uri(video_dir)
     self._frames: dict[int, list[np.ndarray]] = {row: [] for row in names}
     self.written: list[str] = []
 
@@ -56,17 +62,28 @@ class EpisodeRecorder:
     frames = self._frames.pop(row)
     if not frames:
       return
-    height, width = (SCALE * n for n in frames[0].shape)
-    fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-    writer = cv2.VideoWriter(self._paths[row], fourcc, FPS, (width, height), isColor=False)
-    if not writer.isOpened():
-      raise OSError(f"OpenCV cannot write {self._paths[row]} (no MP4 encoder in this build).")
-    try:
-      for frame in frames:
-        writer.write(cv2.resize(frame, (width, height), interpolation=cv2.INTER_NEAREST))
-    finally:
-      writer.release()
+    if self._local:
+      _write_mp4(self._paths[row], frames)
+    else:
+      with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, os.path.basename(self._paths[row]))
+        _write_mp4(local, frames)
+        epath.Path(self._paths[row]).write_bytes(epath.Path(local).read_bytes())
     self.written.append(self._paths[row])
+
+
+def _write_mp4(path: str, frames: Sequence[np.ndarray]) -> None:
+  """Writes [84, 84] frames as an MP4 of `SCALE`x larger frames at `FPS` to a local `path`."""
+  height, width = (SCALE * n for n in frames[0].shape)
+  fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+  writer = cv2.VideoWriter(path, fourcc, FPS, (width, height), isColor=False)
+  if not writer.isOpened():
+    raise OSError(f"OpenCV cannot write {path} (no MP4 encoder in this build).")
+  try:
+    for frame in frames:
+      writer.write(cv2.resize(frame, (width, height), interpolation=cv2.INTER_NEAREST))
+  finally:
+    writer.release()
 
 
 def frame_sheet(videos: Sequence[tuple[str, str]], output: str, num_frames: int = 5) -> None:

@@ -9,12 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+from tests.data import replay_fixtures as rf
 
 GAMES = "Breakout,Pong"
 
@@ -31,25 +32,7 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def shard_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("data")
-  run(
-    "data_prep.collect",
-    f"--output_dir={root}/replay",
-    f"--games={GAMES}",
-    "--runs=1",
-    "--num_checkpoints=2",
-    "--checkpoint_size=400",
-    "--policy=random",
-    "--seed=0",
-  )
-  run(
-    "data_prep.convert",
-    f"--replay_dir={root}/replay",
-    f"--shard_dir={root}/shards",
-    f"--games={GAMES}",
-    "--runs=1",
-  )
-  return str(root / "shards")
+  return rf.collected_shards(str(tmp_path_factory.mktemp("data")), GAMES)
 
 
 def pretrain_args(workdir, shard_dir, *bindings: str) -> list[str]:
@@ -330,35 +313,6 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(shard_dir, 
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["3"]
   for leaf in jax_leaves(restore_params(workdir, 3)):
     assert np.isfinite(leaf).all()
-
-
-def test_a_killed_run_resumes_from_its_last_checkpoint(shard_dir, tmp_path):
-  workdir = str(tmp_path / "run")
-  bindings = ("train.num_grad_steps = 300", "train.checkpoint_every_steps = 5",
-              "train.eval_fn = None")  # fmt: skip
-  args = [sys.executable, "-m", "scaled_ql.pretrain", *pretrain_args(workdir, shard_dir, *bindings)]
-  process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  checkpoints = os.path.join(workdir, "checkpoints")
-  try:  # SIGKILL (no clean-up of any kind) once the first checkpoint is complete.
-    for _ in range(1200):
-      if os.path.isdir(checkpoints) and any(d.isdigit() for d in os.listdir(checkpoints)):
-        break
-      assert process.poll() is None, "the run ended before its first checkpoint"
-      time.sleep(0.1)
-  finally:
-    process.kill()
-    process.wait()
-  killed_at = max(int(d) for d in os.listdir(checkpoints) if d.isdigit())
-  assert killed_at < 300
-  resumed = run("scaled_ql.pretrain", *pretrain_args(workdir, shard_dir, *bindings))
-  # It continues from the last complete checkpoint, whatever the kill interrupted.
-  assert f"Resumed from the checkpoint at step {killed_at}." in resumed.stderr
-  # Every step logged once, in order, whatever the killed run had logged after its checkpoint.
-  rows = [r for r in metrics_rows(workdir) if "loss" in r]
-  assert [r["step"] for r in rows] == list(range(1, 301))
-  assert 300 in [int(d) for d in os.listdir(checkpoints) if d.isdigit()]
-  again = run("scaled_ql.pretrain", *pretrain_args(workdir, shard_dir, *bindings))
-  assert "already holds the finished run" in again.stderr
 
 
 def test_baselines_train_beside_a_run_and_share_its_table(runs, shard_dir, tmp_path):

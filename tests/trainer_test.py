@@ -16,11 +16,6 @@ from scaled_ql.methods.scaled_ql import ScaledQL
 SMALL = networks.NetworkConfig(torso="small", widths=(8, 8, 8, 8), projection_dim=16)
 
 
-def test_workdir_uri_is_refused_before_any_work(tmp_path):
-  with pytest.raises(ValueError, match="URIs are not supported"):
-    trainer.train("gs://bucket/run", game_names=["Pong"], dataset_fn=None, method=None)
-
-
 def test_an_unwritable_workdir_is_refused_before_any_work(tmp_path):
   not_a_directory = tmp_path / "file"
   not_a_directory.write_text("")
@@ -82,6 +77,34 @@ def test_batches_the_method_cannot_take_stop_the_run_before_anything_is_written(
                   method=ScaledQL(network=SMALL), global_batch_size=4, num_grad_steps=3)  # fmt: skip
   assert _SmallFrames.closed
   assert not runs.is_run(workdir) and not checkpointing.has_checkpoint(workdir)
+
+
+class _ShardSource(source.DataSource):
+  """Batches whose game_id is the data shard that made them."""
+
+  def __init__(self, game_names, local_batch_size, seed, process_index=0, process_count=1):
+    self.shard, self.batch_size, self.num_shards = process_index, local_batch_size, process_count
+
+  def iterate(self, start_step, current_policy=None):
+    while True:
+      n = self.batch_size
+      frames = np.zeros((n, 84, 84, 4), np.uint8)
+      yield types.Batch(frames, np.zeros(n, np.int32), np.zeros(n, np.float32),
+                        np.ones(n, np.float32), frames, np.full(n, self.shard, np.int32))  # fmt: skip
+
+
+def test_one_process_holding_two_data_shards_makes_their_batches_end_to_end():
+  dataset = trainer._make_dataset(_ShardSource, ["Pong"], 8, seed=0, num_shards=2)
+  assert [s.num_shards for s in dataset.sources] == [2, 2]
+  batch = next(dataset.iterate(0))
+  np.testing.assert_array_equal(batch.game_id, [0, 0, 0, 0, 1, 1, 1, 1])
+  assert batch.obs.shape == (8, 84, 84, 4)
+
+
+def test_data_shards_that_do_not_divide_the_batch_are_refused(tmp_path):
+  with pytest.raises(ValueError, match="data_shards=3 must be a multiple"):
+    trainer.train(str(tmp_path), game_names=["Pong"], dataset_fn=_ShardSource,
+                  method=ScaledQL(network=SMALL), global_batch_size=8, data_shards=3)  # fmt: skip
 
 
 def test_unknown_game_is_named():

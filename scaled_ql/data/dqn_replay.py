@@ -14,18 +14,23 @@ gzip-wrapped `np.save` files
 order is `roll(arr, -(add_count % C))` once the buffer is full, `arr[:add_count]` before. Files are
 never unpickled (`allow_pickle=False` everywhere); the optional `episode_end_indices` pickle is
 ignored. Observation files (7 GB uncompressed) are streamed, never loaded whole.
+
+Reading (listing, validation, streaming) goes through `etils.epath`, so `root` may be the bucket
+itself (`gs://atari-replay-datasets/dqn`): files are decompressed as they download, with no local
+copy. Writing (`data_prep.collect`) is local.
 """
 
 import collections
 import csv
-import glob
 import gzip
 import os
 import re
+import typing
 import zlib
 from typing import Iterator, NamedTuple
 
 import numpy as np
+from etils import epath
 
 from scaled_ql import games
 
@@ -54,9 +59,10 @@ def replay_dir(root: str, game: str, run: int) -> str:
 
 def list_suffixes(directory: str) -> list[int]:
   """Returns the sorted suffixes that have an `add_count` file in `directory` (may be empty)."""
-  if not os.path.isdir(directory):
+  directory = epath.Path(directory)
+  if not directory.is_dir():
     return []
-  found = (_SUFFIX_RE.match(name) for name in os.listdir(directory))
+  found = (_SUFFIX_RE.match(path.name) for path in directory.iterdir())
   return sorted(int(m.group(1)) for m in found if m)
 
 
@@ -68,9 +74,16 @@ class ArrayStream(NamedTuple):
   """An open `.npy` stream inside a gzip file: header parsed, data not yet read."""
 
   path: str
-  file: gzip.GzipFile
+  file: gzip.GzipFile  # Decompresses `raw`.
   shape: tuple[int, ...]
   dtype: np.dtype
+  raw: typing.BinaryIO  # The compressed file, local or an object being downloaded (epath).
+
+  def close(self) -> None:
+    try:
+      self.file.close()
+    finally:
+      self.raw.close()
 
 
 def open_array(path: str) -> ArrayStream:
@@ -80,25 +93,26 @@ def open_array(path: str) -> ArrayStream:
     DataError: naming `path`, if it is missing, not gzip, not `.npy`, Fortran-ordered, or holds
       Python objects (pickles are refused).
   """
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise DataError(f"{path}: file missing")
-  f = gzip.open(path, "rb")
+  raw = epath.Path(path).open("rb")
+  stream = ArrayStream(path, gzip.GzipFile(fileobj=raw, mode="rb"), (), np.dtype(np.uint8), raw)
   try:
-    version = np.lib.format.read_magic(f)
+    version = np.lib.format.read_magic(stream.file)
     if version == (1, 0):
-      shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+      shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream.file)
     else:
-      shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+      shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream.file)
   except (OSError, EOFError, zlib.error, ValueError) as e:
-    f.close()
+    stream.close()
     raise DataError(f"{path}: not a gzip-wrapped .npy file ({type(e).__name__}: {e})") from e
   if dtype.hasobject:
-    f.close()
+    stream.close()
     raise DataError(f"{path}: holds Python objects (dtype {dtype}); pickles are never loaded")
   if fortran and len(shape) > 1:
-    f.close()
+    stream.close()
     raise DataError(f"{path}: Fortran-ordered array, not written by dopamine")
-  return ArrayStream(path, f, tuple(shape), dtype)
+  return stream._replace(shape=tuple(shape), dtype=dtype)
 
 
 def read_rows(stream: ArrayStream, out: np.ndarray) -> None:
@@ -124,7 +138,7 @@ def finish(stream: ArrayStream) -> None:
   except (OSError, EOFError, zlib.error) as e:
     raise DataError(f"{stream.path}: corrupt gzip data ({type(e).__name__}: {e})") from e
   finally:
-    stream.file.close()
+    stream.close()
   if extra:
     raise DataError(f"{stream.path}: trailing bytes after the array")
 
@@ -157,7 +171,7 @@ def stream_rows(path: str, rows_per_read: int = 16384) -> Iterator[np.ndarray]:
       read_rows(stream, block)
       yield block
   except BaseException:
-    stream.file.close()
+    stream.close()
     raise
   finish(stream)
 
@@ -234,11 +248,11 @@ def read_suffix_info(directory: str, suffix: int, game: str | None = None) -> Su
   """
   for name in REQUIRED_FILES:
     path = filename(directory, name, suffix)
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
       raise DataError(f"{path}: file missing (suffix {suffix} of {directory} is incomplete)")
   obs_path = filename(directory, STORE_PREFIX + "observation", suffix)
   stream = open_array(obs_path)
-  stream.file.close()
+  stream.close()
   if stream.dtype != np.uint8 or len(stream.shape) != 3 or stream.shape[1:] != FRAME_SHAPE:
     raise DataError(
       f"{obs_path}: wrong dtype/shape {stream.dtype} {stream.shape} (expected uint8 [C, 84, 84])"
@@ -370,7 +384,7 @@ def read_episode_returns(root: str, game: str) -> dict[int, np.ndarray]:
     DataError: no run of `game` under `root` has an episodes log (real DQN Replay data has
       none: its scores are only in the original agents' logs).
   """
-  paths = sorted(glob.glob(os.path.join(root, game, "*", EPISODES_FILE)))
+  paths = sorted(epath.Path(root, game).glob(f"*/{EPISODES_FILE}"))
   if not paths:
     raise DataError(
       f"no {EPISODES_FILE} under {os.path.join(root, game)}: only data made by "
@@ -378,7 +392,7 @@ def read_episode_returns(root: str, game: str) -> dict[int, np.ndarray]:
     )
   returns = collections.defaultdict(list)
   for path in paths:
-    with open(path) as f:
+    with path.open() as f:
       for row in csv.DictReader(f):
         returns[int(row["suffix"])].append(float(row["return"]))
   return {suffix: np.asarray(returns[suffix]) for suffix in sorted(returns)}

@@ -28,6 +28,7 @@ import ctypes
 import queue
 import threading
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,6 +38,69 @@ from scaled_ql.data.pool import ChunkPool, EpisodeSelection
 from scaled_ql.data.source import DataSource
 from scaled_ql.data.transitions import STACK, read_chunk, stack_frames
 from scaled_ql.types import Batch, WindowBatch
+
+
+class Locality(NamedTuple):
+  """How the samples of one game are spread, on one host (see `game_locality`).
+
+  Attributes:
+    rows_in_memory: the game's rows held in the pool at a time (slots x chunk_rows).
+    slots: the game's slots, i.e. the distinct chunks it holds at a time (fewer when two slots
+      drew the same chunk: rare when the host has many more chunks of the game than slots).
+    chunk_rows: consecutive rows per chunk.
+    samples_per_batch: expected samples of the game in one batch (B x its weight).
+    distinct_chunks_per_batch: expected number of distinct chunks those samples come from.
+    slot_lifetime_steps: steps a slot keeps its chunk.
+    reuse_per_row: expected samples of a loaded row before its slot is refilled.
+  """
+
+  rows_in_memory: int
+  slots: int
+  chunk_rows: int
+  samples_per_batch: float
+  distinct_chunks_per_batch: float
+  slot_lifetime_steps: int
+  reuse_per_row: float
+
+
+def expected_distinct(num_draws: int, p: float | np.ndarray) -> float:
+  """Expected number of places hit by `num_draws` independent draws.
+
+  Args:
+    num_draws: independent draws.
+    p: [P] probability that one draw hits place i (the draw may hit none: sum(p) <= 1).
+
+  Returns:
+    sum_i 1 - (1 - p_i)^num_draws. For a fixed total, equal p_i give the most.
+  """
+  return float(np.sum(1.0 - (1.0 - np.asarray(p, float)) ** num_draws))
+
+
+def game_locality(
+  local_batch_size: int,
+  game_weight: float,
+  slots_per_game: int,
+  chunk_rows: int,
+  slot_lifetime_steps: int,
+) -> Locality:
+  """The a-priori locality of one game's samples (the sampler's rule, module docstring).
+
+  Each of a batch's B examples is the game's with probability w, then from one of its S slots,
+  uniformly up to the slots' valid fractions: a batch hits a given slot with probability
+  1 - (1 - w/S)^B. The distinct chunks per batch are an upper bound: unequal valid fractions
+  and two slots holding the same chunk make them fewer (`expected_distinct` of the actual
+  probabilities gives the exact figure for a given pool).
+  """
+  b, w, s = local_batch_size, float(game_weight), slots_per_game
+  return Locality(
+    rows_in_memory=s * chunk_rows,
+    slots=s,
+    chunk_rows=chunk_rows,
+    samples_per_batch=b * w,
+    distinct_chunks_per_batch=expected_distinct(b, np.full(s, w / s)),
+    slot_lifetime_steps=slot_lifetime_steps,
+    reuse_per_row=slot_lifetime_steps * b * w / (s * chunk_rows),
+  )
 
 
 def _keep_freed_batches_in_the_heap() -> None:
@@ -361,15 +425,24 @@ class ReplayDataset(DataSource):
     """Bytes of the preallocated pool (the sampler's only large memory)."""
     return self._pool.nbytes
 
+  def locality(self) -> list[Locality]:
+    """Per game (in `game_names` order): how its samples are spread on this host."""
+    return [
+      game_locality(
+        self.local_batch_size, w, self.slots_per_game, self.chunk_rows, self.slot_lifetime_steps
+      )
+      for w in self.game_weights
+    ]
+
   def describe(self) -> str:
-    """One line for logs: what is sampled and how."""
+    """One line for logs: what is sampled and how, and how local the samples are."""
     host_rows = sum(hi - lo for chunks in self._chunks for _, lo, hi in chunks)
     return (
       f"ReplayDataset: {len(self.game_names)} games, {host_rows:,} rows on host "
       f"{self.process_index}/{self.process_count}, n={self.n_step}, gamma={self.gamma}; pool "
       f"{self.pool_bytes / 2**30:.2f} GiB, {self._pool.num_slots} slots of {self.chunk_rows} rows "
-      f"({self._pool.num_slots * self.chunk_rows / max(1, host_rows):.1%} of the rows at a time), "
-      f"each refilled every {self.slot_lifetime_steps} steps"
+      f"({self._pool.num_slots * self.chunk_rows / max(1, host_rows):.1%} of the rows at a time); "
+      + _describe_locality(self.locality(), self.process_count)
       + (", windows of 4 steps with returns-to-go" if self.windows else "")
       + (
         f", episodes with return >= {self.min_episode_return} (top {self.top_episode_fraction:.0%})"
@@ -377,3 +450,26 @@ class ReplayDataset(DataSource):
         else ""
       )
     )
+
+
+def _describe_locality(per_game: Sequence[Locality], process_count: int) -> str:
+  """`ReplayDataset.describe`'s per-game part; a range where games differ (unequal weights)."""
+
+  def fig(values, fmt):
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else f"{lo:{fmt}}-{hi:{fmt}}"
+
+  g = per_game[0]
+  m = fig([x.samples_per_batch for x in per_game], ".1f")
+  d = fig([x.distinct_chunks_per_batch for x in per_game], ".1f")
+  text = (
+    f"per game {g.rows_in_memory:,} rows in memory = {g.slots} chunks of {g.chunk_rows} "
+    f"consecutive rows; a batch's ~{m} samples of a game come from ~{d} distinct chunks"
+  )
+  if process_count > 1:
+    total = fig([process_count * x.distinct_chunks_per_batch for x in per_game], ".1f")
+    text += f" (the global batch's from ~{total}: hosts hold disjoint chunks)"
+  reuse = fig([x.reuse_per_row for x in per_game], ".2g")
+  return text + (
+    f"; each slot is refilled every {g.slot_lifetime_steps} steps, a loaded row sampled ~{reuse}x"
+  )

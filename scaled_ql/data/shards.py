@@ -64,19 +64,29 @@ def read_meta(directory: str) -> dict | None:
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    meta = json.load(f)
+    text = f.read()
+  try:
+    meta = json.loads(text)
+  except json.JSONDecodeError as e:
+    meta = f"not JSON ({e})"
+  if not isinstance(meta, dict) or not isinstance(meta.get("num_rows"), int):
+    problem = meta if isinstance(meta, str) else "no num_rows"
+    raise dqn_replay.DataError(f"{path}: {problem}; delete {directory} and convert it again")
   if meta.get("format_version") != FORMAT_VERSION:
     raise dqn_replay.DataError(f"{path}: format_version {meta.get('format_version')} unsupported")
+  # Every row file must hold num_rows rows: a short one would fail only when its end is read.
+  sizes = [(name, meta["num_rows"] * np.dtype(dtype).itemsize) for name, dtype in ROW_FILES[1:]]
   if meta.get("compressed"):
     index = np.load(os.path.join(directory, "observation.zindex.npy"), allow_pickle=False)
     actual = os.path.getsize(os.path.join(directory, "observation.z"))
     if len(index) != -(-meta["num_rows"] // BLOCK_ROWS) + 1 or index[-1] != actual:
       raise dqn_replay.DataError(f"{directory}/observation.z: {actual} bytes, index disagrees")
-    return meta
-  expected = meta["num_rows"] * FRAME_BYTES
-  actual = os.path.getsize(os.path.join(directory, "observation.u8"))
-  if actual != expected:
-    raise dqn_replay.DataError(f"{directory}/observation.u8: {actual} bytes, expected {expected}")
+  else:
+    sizes.insert(0, ("observation.u8", meta["num_rows"] * FRAME_BYTES))
+  for name, expected in sizes:
+    actual = os.path.getsize(os.path.join(directory, name))
+    if actual != expected:
+      raise dqn_replay.DataError(f"{directory}/{name}: {actual} bytes, expected {expected}")
   return meta
 
 

@@ -56,3 +56,36 @@ class DataSource:
 
   def close(self) -> None:
     """Releases threads and memory."""
+
+
+class Concatenated(DataSource):
+  """Several sources as one: each batch is their batches of the same step, end to end.
+
+  The trainer splits the global batch into `data_shards` sources, each a disjoint share of the
+  data, and gives every process its consecutive shards. As the global batch is the shards'
+  batches in order whatever the number of processes, one process holding shards 0 and 1
+  makes the same global batches as two processes holding one each.
+  """
+
+  def __init__(self, sources: list[DataSource]):
+    self.sources = sources
+    self.data_quality = sources[0].data_quality
+
+  def iterate(self, start_step, current_policy=None):
+    streams = [source.iterate(start_step, current_policy) for source in self.sources]
+    try:
+      for batches in zip(*streams, strict=True):
+        # Batch / WindowBatch are NamedTuples of arrays [B, ...]: join field by field.
+        yield type(batches[0])(*(np.concatenate(parts) for parts in zip(*batches, strict=True)))
+    finally:
+      for stream in streams:
+        stream.close()
+
+  def describe(self) -> str:
+    return f"{len(self.sources)} data shards on this process: " + "; ".join(
+      source.describe() for source in self.sources
+    )
+
+  def close(self) -> None:
+    for source in self.sources:
+      source.close()

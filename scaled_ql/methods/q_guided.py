@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaled_ql import initialization, types
+from scaled_ql import initialization, multihost, types
 from scaled_ql.methods import base, loading
 
 
@@ -87,11 +87,12 @@ class QGuided:
       return loss, {**metrics, "data_action_agreement": agreement}
 
     q_act = jax.jit(critic.q_values)
+    acting_params = multihost.host_local(critic_params)  # Each process acts on its own devices.
     return proposal._replace(
       loss_fn=loss_fn,
       make_policy=lambda params: QGuidedPolicy(
         proposal.make_policy(params),
-        lambda obs, game_id: q_act(critic_params, obs, game_id),
+        lambda obs, game_id: q_act(acting_params, obs, game_id),
         critic_games,
         k,
       ),  # fmt: skip

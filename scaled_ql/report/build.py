@@ -2,8 +2,9 @@ r"""Reads evaluated runs and computes every number of the report; writes its fil
 
 The command line is `python -m scaled_ql.report` (`__main__`). Each run directory holds
 `run_info.json` (written by the trainer) and evaluation results (`python -m scaled_ql.evaluate
---workdir=RUN_DIR`), both read through `scaled_ql.runs`. A directory that is not a run but whose
-subdirectories are runs is expanded. The report writes:
+--workdir=RUN_DIR`), both read through `scaled_ql.runs`: local paths or bucket URIs (`gs://...`).
+A directory that is not a run but whose subdirectories are runs is expanded. The report writes,
+to a local directory (copy it to a bucket afterwards if needed):
 
 - main_table.{md,csv,tex}: rows Scaled QL / DT / BC, columns near-optimal / low-quality data,
   cells IQM [95% CI] and median of human-normalised scores (largest model of each method);
@@ -25,6 +26,7 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+from etils import epath
 
 from scaled_ql import games, runs
 from scaled_ql.report import plots, scores, tables
@@ -60,7 +62,8 @@ def expand_run_dirs(dirs: Sequence[str]) -> list[str]:
   out = []
   for d in dirs:
     d = d.rstrip("/")
-    subdirs = sorted(os.path.join(d, s) for s in os.listdir(d)) if os.path.isdir(d) else []
+    path = epath.Path(d)
+    subdirs = sorted(os.path.join(d, s.name) for s in path.iterdir()) if path.is_dir() else []
     subruns = [s for s in subdirs if runs.is_run(s)]
     out.extend(subruns if not runs.is_run(d) and subruns else [d])
   return out
@@ -70,7 +73,7 @@ def load_runs(dirs: Sequence[str], protocol: str) -> tuple[list[Run], list[str]]
   """Loads each run's latest evaluation under `protocol`; returns (runs, left-out notes)."""
   loaded, left_out = [], []
   for workdir in expand_run_dirs(dirs):
-    if not os.path.isdir(workdir):
+    if not epath.Path(workdir).is_dir():
       left_out.append(f"run {workdir}: directory does not exist")
       continue
     if not runs.is_run(workdir):
@@ -199,6 +202,9 @@ def build_report(
   Returns:
     The "left out" notes (also written to report.md).
   """
+  if runs.is_uri(output):
+    raise ValueError(f"--output={output}: the report is written to a local directory; copy it "
+                     "to the bucket afterwards (e.g. `gsutil -m cp -r`).")  # fmt: skip
   os.makedirs(output, exist_ok=True)
   loaded, left_out = load_runs(run_dirs, protocol)
   if not loaded:

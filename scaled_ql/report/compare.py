@@ -15,17 +15,17 @@ It states what the runs measured, including when offline RL has not overtaken BC
 
 import collections
 import itertools
-import os
 import zlib
 from collections.abc import Sequence
 
 import numpy as np
 from absl import app, flags, logging
+from etils import epath
 
 from scaled_ql import cli, games, runs
 from scaled_ql.data import dqn_replay
 
-_RUNS = flags.DEFINE_list("runs", None, "Run directories (trained and evaluated).")
+_RUNS = flags.DEFINE_list("runs", None, "Run directories (trained and evaluated), or gs:// URIs.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Collector output with episodes.csv logs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this Markdown file.")
 _PROTOCOL = flags.DEFINE_enum("protocol", "dqn", ["dqn", "mgdt", "custom"], "Evaluations to use.")
@@ -165,13 +165,12 @@ def main() -> None:
   if not _RUNS.value:
     raise cli.UserError("--runs is required: comma-separated run directories.")
   for run_dir in _RUNS.value:
-    if not os.path.isdir(run_dir):
+    if not epath.Path(run_dir).is_dir():
       raise cli.UserError(f"--runs: {run_dir} does not exist.")
   table = compare(_RUNS.value, _DATA_DIR.value, _PROTOCOL.value)
   print(table)
   if _OUTPUT.value:
-    with open(_OUTPUT.value, "w") as f:
-      f.write(table + "\n")
+    epath.Path(_OUTPUT.value).write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,8 @@ def test_data_without_rows_is_named(root, tmp_path):
       meta = json.load(f)
     with open(meta_path, "w") as f:
       json.dump(dict(meta, num_rows=0), f)
-    os.truncate(os.path.join(os.path.dirname(meta_path), "observation.u8"), 0)
+    for name, _ in shards.ROW_FILES:
+      os.truncate(os.path.join(os.path.dirname(meta_path), name), 0)
   with pytest.raises(DataError, match="hold no rows for game 'Breakout'"):
     ReplayDataset(shard_dir, ["Breakout"], runs=[1])
 

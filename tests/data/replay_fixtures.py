@@ -2,6 +2,8 @@
 
 import functools
 import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -83,4 +85,20 @@ def two_game_shards(root: str, capacity: int, episode_lengths: tuple[int, int] =
   convert.convert(
     os.path.join(root, "dqn"), os.path.join(root, "shards"), ["Breakout", "Pong"], [1], "all"
   )
+  return os.path.join(root, "shards")
+
+
+def collected_shards(root: str, games: str = "Breakout,Pong") -> str:
+  """Collects 2 x 400 rows of random play per game on real ALE and converts them, as a user
+  would (`python -m data_prep.collect`, then `convert`); returns the shard directory."""
+  for module, *args in (
+    ("data_prep.collect", f"--output_dir={root}/replay", "--num_checkpoints=2",
+     "--checkpoint_size=400", "--policy=random", "--seed=0"),
+    ("data_prep.convert", f"--replay_dir={root}/replay", f"--shard_dir={root}/shards"),
+  ):  # fmt: skip
+    result = subprocess.run(
+      [sys.executable, "-m", module, *args, f"--games={games}", "--runs=1"],
+      capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{module} failed:\n{result.stderr[-5000:]}"
   return os.path.join(root, "shards")

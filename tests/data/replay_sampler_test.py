@@ -1,13 +1,14 @@
 """ReplayDataset: determinism, resumability, per-host sharding, game mixing, bounded memory."""
 
 import os
+import threading
 
 import numpy as np
 import pytest
 import replay_fixtures as rf
 
 from data_prep import convert
-from scaled_ql.data import ReplayDataset
+from scaled_ql.data import ReplayDataset, sampler
 
 CAPACITY = 600
 
@@ -178,3 +179,112 @@ def test_every_valid_state_is_equally_likely(mixed_validity_shard_dir):
     variance += len(batch.action) * p * (1 - p)
   # 10,240 samples: a binomial standard deviation of 31; uniform slots are off by 68 of them.
   assert abs(observed - expected) < 4 * np.sqrt(variance), (observed, expected, variance)
+
+
+def _record_chunks(ds, monkeypatch):
+  """Wraps the pool's loads and the batch draw to see where each sample comes from.
+
+  Returns:
+    held: {pool buffer: (segment id, first row)} of the chunk each buffer was last filled with
+      (what was read, not what the pool's rng should have drawn).
+    draws: the (game_id, buffer, k) of every batch drawn since, in order.
+  """
+  from scaled_ql.data import pool as pool_module
+
+  held, draws, last = {}, [], threading.local()
+  read_chunk, load, draw = pool_module.read_chunk, ds._pool._load, ds._draw
+
+  def recording_read_chunk(reader, segment, lo, hi, *args):
+    last.chunk = (id(segment), lo)
+    return read_chunk(reader, segment, lo, hi, *args)
+
+  def recording_load(buffer, slot, generation):
+    load(buffer, slot, generation)
+    held[int(buffer)] = last.chunk  # the chunk kept is the last one read
+
+  def recording_draw(step):
+    draws.append(draw(step))
+    return draws[-1]
+
+  monkeypatch.setattr(pool_module, "read_chunk", recording_read_chunk)
+  monkeypatch.setattr(ds._pool, "_load", recording_load)
+  monkeypatch.setattr(ds, "_draw", recording_draw)
+  return held, draws
+
+
+def test_distinct_chunks_per_batch_match_the_prediction(shard_dir, monkeypatch):
+  """Counts the distinct chunks each game's samples of a batch come from, over 200 batches.
+
+  32 slots of 8 rows per game, 16 samples per game per batch: about 12.7 of 32 slots are hit
+  (a regime where the count is far from both the samples and the slots). The measurement
+  must equal, batch by batch in expectation, `expected_distinct` of that pool's actual chunk
+  probabilities (slots weighed by valid fraction, slots holding the same chunk merged), and
+  stay just under `describe`'s a-priori figure, which assumes equal and distinct slots.
+  """
+  ds = _dataset(shard_dir, local_batch_size=32, chunk_rows=8, pool_rows=2 * 32 * 8)
+  assert ds.slots_per_game == 32
+  held, draws = _record_chunks(ds, monkeypatch)
+  pool, num_slots = ds._pool, ds.slots_per_game
+  measured, exact = [], []  # per (batch, game)
+  for step in range(200):
+    ds.batch(step)
+    game_id, buffer, _ = draws[-1]
+    for g in range(2):
+      measured.append(len({held[int(b)] for b in buffer[game_id == g]}))
+      buffers = pool.buffer_of_slot[g * num_slots + np.arange(num_slots)]
+      q = pool.valid_fraction[buffers] / pool.valid_fraction[buffers].sum()  # [S] slot choice
+      chunks = [held[int(b)] for b in buffers]
+      p = {c: 0.0 for c in chunks}
+      for c, q_s in zip(chunks, q, strict=True):
+        p[c] += ds.game_weights[g] * q_s  # one example's probability of hitting chunk c
+      exact.append(sampler.expected_distinct(ds.local_batch_size, np.array(list(p.values()))))
+  measured, exact = np.array(measured, float), np.array(exact)
+  diff = measured - exact
+  standard_error = diff.std() / np.sqrt(len(diff))
+  assert abs(diff.mean()) < 4 * standard_error, (measured.mean(), exact.mean(), standard_error)
+  a_priori = ds.locality()[0].distinct_chunks_per_batch
+  assert a_priori == pytest.approx(32 * (1 - (1 - 0.5 / 32) ** 32))
+  assert a_priori == ds.locality()[1].distinct_chunks_per_batch
+  assert 0.9 * a_priori < measured.mean() < a_priori, (measured.mean(), a_priori)
+  assert f"~{a_priori:.1f} distinct chunks" in ds.describe()
+
+
+def test_locality_figures():
+  # The paper configurations on one host: 40 games, 200 slots of 512 rows each, reuse 1.
+  paper = sampler.game_locality(512, 1 / 40, 200, 512, slot_lifetime_steps=8000)
+  assert paper.rows_in_memory == 102_400 and paper.samples_per_batch == pytest.approx(12.8)
+  assert paper.distinct_chunks_per_batch == pytest.approx(200 * (1 - np.exp(-0.064)), rel=1e-3)
+  assert paper.reuse_per_row == pytest.approx(1.0)
+  # More slots than samples: nearly one chunk per sample; fewer: at most one per slot.
+  assert 12.7 < sampler.game_locality(512, 1 / 40, 100_000, 512, 10).distinct_chunks_per_batch
+  assert sampler.game_locality(512, 1 / 40, 2, 512, 10).distinct_chunks_per_batch < 2
+
+
+@pytest.mark.parametrize("gin_file", ["pretrain_near_optimal.gin", "pretrain_low_quality.gin"])
+def test_paper_configurations_sample_from_many_chunks(gin_file):
+  """The paper configurations' pool (40 games, batch 512 on one host) is what their comment
+  says: ~116 GB, 200 slots of 512 rows per game, ~12.4 distinct chunks per game and batch."""
+  import gin
+
+  from scaled_ql import configurables
+
+  configurables.parse_gin([gin_file], [])
+  try:
+    pool_rows, chunk_rows, reuse, games, batch = (
+      gin.query_parameter(name)
+      for name in (
+        "data.ReplayDataset.pool_rows", "data.ReplayDataset.chunk_rows",
+        "data.ReplayDataset.sample_reuse", "train.game_names", "train.global_batch_size",
+      )
+    )  # fmt: skip
+  finally:
+    gin.clear_config()
+  num_games = len(games.scoped_configurable_fn())  # %TRAIN_GAMES
+  slots = pool_rows // (chunk_rows * num_games)  # as the sampler computes them
+  lifetime = round(reuse * num_games * slots * chunk_rows / batch)
+  paper = sampler.game_locality(batch, 1 / num_games, slots, chunk_rows, lifetime)
+  assert num_games == 40 and batch == 512
+  assert num_games * slots * (chunk_rows + 3) * 84 * 84 * 4 / 1e9 == pytest.approx(116.3, abs=0.1)
+  assert paper.slots == 200 and paper.chunk_rows == 512 and paper.slot_lifetime_steps == 8000
+  assert paper.distinct_chunks_per_batch == pytest.approx(12.40, abs=0.01)
+  assert paper.reuse_per_row == pytest.approx(1.0)
