@@ -9,12 +9,15 @@ import errno
 import gc
 import logging as std_logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
 
 import jax
 from absl import flags, logging
+
+from scaled_ql import multihost
 
 flags.DEFINE_string(
   "workdir", None, "Run directory: checkpoints, logs, results. Resumes if it exists."
@@ -146,6 +149,10 @@ def run_main(main: Callable[[], None]) -> None:
   _quiet_libraries(keep_tracebacks=show_traceback)
   try:
     main()
+  except multihost.Preempted as e:
+    logging.flush()
+    print(f"stopped: {str(e).splitlines()[0]}", file=sys.stderr)
+    sys.exit(128 + signal.SIGTERM)  # What schedulers expect of a job stopped by SIGTERM.
   except Exception as e:  # Re-raised below unless it is the user's mistake.
     if show_traceback or not _is_user_error(e):
       raise

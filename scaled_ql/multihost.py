@@ -8,11 +8,15 @@ replicated arrays): call them on every process, in the same order.
                         environments), without touching other processes' devices.
   allgather_json(obj)   every process's JSON-serialisable value, in process order.
   barrier(name)         returns once every process has reached it.
+  PreemptionNotice      SIGTERM (a preemption notice, `scancel`, `kill`) asks the run to
+                        checkpoint and stop at a step every process agrees on.
 
 With one process they cost nothing and return their input.
 """
 
 import json
+import signal
+import threading
 
 import jax
 import numpy as np
@@ -54,3 +58,32 @@ def barrier(name: str) -> None:
   """Waits until every process reaches the barrier called `name`."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+class Preempted(Exception):
+  """The run checkpointed and stopped on a SIGTERM; the same command resumes it."""
+
+
+class PreemptionNotice:
+  """Whether a SIGTERM asked the run to stop, at the same step on every process.
+
+  One process: a SIGTERM handler sets a flag (the previous handler is restored on `close`).
+  Several: JAX's preemption service (started by `jax.distributed.initialize`) catches the
+  SIGTERM of any process and makes `reached(step)` true on all of them at one step. Call
+  `reached` at every step, on every process, from the same start step.
+  """
+
+  def __init__(self):
+    self._received = threading.Event()
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._received.set())
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._received.is_set()
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

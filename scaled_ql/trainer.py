@@ -205,6 +205,8 @@ def train(
       disable=jax.process_index() != 0,
     )
     cleanup.callback(progress.close)
+    preemption = multihost.PreemptionNotice()
+    cleanup.callback(preemption.close)
 
     def run_eval(step: int) -> dict[str, float]:
       eval_scalars = eval_fn(current_policy(), game_names, step, workdir)
@@ -246,8 +248,14 @@ def train(
         writer.flush()
         progress.set_postfix(loss=f"{flat['loss']:.3f}")
         last_logged, window_start, window_time = flat, step, time.time()
-      if step % checkpoint_every_steps == 0 or step == num_grad_steps:
+      preempted = preemption.reached(step)
+      if step % checkpoint_every_steps == 0 or step == num_grad_steps or preempted:
         checkpointer.save(state, dataset.state())
+      if preempted and step < num_grad_steps:
+        checkpointer.wait()
+        raise multihost.Preempted(
+          f"SIGTERM: checkpointed step {step} of {num_grad_steps}; the same command resumes the run."
+        )
       if eval_fn and eval_every_steps and step % eval_every_steps == 0 and step < num_grad_steps:
         last_logged = {**last_logged, **run_eval(step)}
         window_start, window_time = step, time.time()  # Evaluation is not training throughput.

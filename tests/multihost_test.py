@@ -7,6 +7,7 @@ the same global batches, so the same parameters up to the order of the all-reduc
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -159,3 +160,27 @@ def test_a_dead_host_stops_the_other_within_the_heartbeat_timeout(shard_dir, tmp
   assert returncode != 0
   assert waited_s < 60, waited_s  # 5 s of heartbeats, then the coordinator's poll.
   assert "another task died" in log or "heartbeat" in log, log[-3000:]
+
+
+def test_a_sigterm_to_one_host_checkpoints_every_host_at_one_step(shard_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  processes = start_processes(
+    workdir, shard_dir, "train.num_grad_steps = 100000", "train.eval_fn = None"
+  )
+  metrics_file = os.path.join(workdir, "metrics.jsonl")
+  try:
+    for _ in range(1200):
+      if os.path.exists(metrics_file) and os.path.getsize(metrics_file):
+        break
+      assert all(p.poll() is None for p in processes), open(f"{workdir}.p0.log").read()[-3000:]
+      time.sleep(0.1)
+    processes[1].send_signal(signal.SIGTERM)  # A preemption notice reaches one host.
+    returncodes = [p.wait(timeout=120) for p in processes]
+  finally:
+    for process in processes:
+      process.kill()
+  logs = [open(f"{workdir}.p{i}.log").read() for i in range(2)]
+  assert returncodes == [128 + signal.SIGTERM] * 2, logs[0][-3000:]
+  steps = {int(re.search(r"SIGTERM: checkpointed step (\d+) of", log).group(1)) for log in logs}
+  checkpoints = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  assert len(steps) == 1 and max(checkpoints) == steps.pop()

@@ -1,5 +1,6 @@
 """Preemption: `kill -9` a run during a step, during a checkpoint save and during an evaluation,
-rerun the same command each time, and the finished run equals an uninterrupted one bitwise.
+rerun the same command each time, and the finished run equals an uninterrupted one bitwise; a
+SIGTERM (a preemption notice) checkpoints the current step first, so the rerun loses nothing.
 
 A checkpoint cut off mid-save is never used (orbax writes into a temporary directory and
 renames it when complete); the metrics hold every step once; every periodic evaluation exists.
@@ -7,6 +8,8 @@ renames it when complete); the metrics hold every step once; every periodic eval
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -89,9 +92,16 @@ def final_state(workdir) -> list[np.ndarray]:
   return [np.asarray(leaf) for leaf in jax.tree.leaves(tree)]
 
 
-def test_killed_anywhere_and_rerun_equals_an_uninterrupted_run(shard_dir, tmp_path):
-  straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-  subprocess.run(command(straight, shard_dir), check=True, capture_output=True, timeout=600)
+@pytest.fixture(scope="module")
+def straight(shard_dir, tmp_path_factory):
+  """The uninterrupted run."""
+  workdir = str(tmp_path_factory.mktemp("straight") / "run")
+  subprocess.run(command(workdir, shard_dir), check=True, capture_output=True, timeout=600)
+  return workdir
+
+
+def test_killed_anywhere_and_rerun_equals_an_uninterrupted_run(shard_dir, straight, tmp_path):
+  killed = str(tmp_path / "killed")
 
   def mid_step():  # Step 14 is logged: inside the loop, between the checkpoints 12 and 16.
     return len(metrics_rows(killed)) >= 14
@@ -122,3 +132,31 @@ def test_killed_anywhere_and_rerun_equals_an_uninterrupted_run(shard_dir, tmp_pa
     os.listdir(os.path.join(straight, "eval"))
   )
   assert [r["step"] for r in rows if "eval/Pong/return" in r] == [12, 24, 36, 48]
+
+
+def test_sigterm_checkpoints_the_current_step_and_the_rerun_continues_from_it(
+  shard_dir, straight, tmp_path
+):
+  workdir, log_path = str(tmp_path / "run"), str(tmp_path / "run.log")
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(command(workdir, shard_dir), stdout=log, stderr=log)
+  try:
+    for _ in range(30000):
+      if len(metrics_rows(workdir)) >= 6:  # Between the checkpoints 4 and 8.
+        break
+      assert process.poll() is None, "the run ended before the signal"
+      time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+  finally:
+    process.kill()
+  with open(log_path) as f:
+    stderr = f.read()
+  assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+  stopped_at = int(re.search(r"SIGTERM: checkpointed step (\d+) of", stderr).group(1))
+  assert 6 <= stopped_at < NUM_STEPS and completed_steps(workdir)[-1] == stopped_at
+  assert "Traceback" not in stderr and not os.path.exists(os.path.join(workdir, "LOCK"))
+  rerun = subprocess.run(command(workdir, shard_dir), capture_output=True, text=True, timeout=600)
+  assert f"Resumed from the checkpoint at step {stopped_at}." in rerun.stderr
+  for a, b in zip(final_state(workdir), final_state(straight), strict=True):
+    np.testing.assert_array_equal(a, b)
