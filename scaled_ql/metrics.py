@@ -6,7 +6,8 @@ Per-game metrics arrive as `[num_games]` vectors and are written one scalar per 
 In a bucket (`--workdir=gs://...`) objects cannot be appended to: the rows go to chunks of
 `ROWS_PER_CHUNK` rows (`runs.metrics_files`), the newest one rewritten whole at each flush, and
 the TensorBoard event file is rewritten whole at each flush (as TensorFlow's own GCS files
-do), so a flush costs one upload of at most a chunk plus the event file.
+do) and replaced by a new one with each new chunk, so a flush uploads at most a chunk's rows
+twice, however long the run.
 """
 
 import json
@@ -188,6 +189,9 @@ class MetricWriter:
       self._unflushed = 0
       if len(self._chunk_lines) >= ROWS_PER_CHUNK:
         self._chunk, self._chunk_lines = self._chunk + 1, []
+        if runs.is_uri(self._workdir):  # A new event file too, so that no upload keeps growing.
+          self._events.close()
+          self._events = EventFileWriter(self.tensorboard_dir)
 
   def close(self) -> None:
     if not self._enabled:

@@ -182,13 +182,18 @@ def test_a_local_run_moved_from_a_bucket_keeps_logging_in_chunks(tmp_path):
   assert not (tmp_path / "metrics.jsonl").exists() and (tmp_path / "metrics/000001.jsonl").exists()
 
 
-def test_tensorboard_events_are_written_to_a_bucket(bucket, tmp_path):
-  _log("gs://bucket/run", [1, 2]).close()
-  (event_file,) = [p for p in bucket.objects() if "/tensorboard/events.out.tfevents" in p]
-  (tmp_path / "events.out.tfevents.copy").write_bytes(bucket.memory.cat_file(event_file))
+def test_tensorboard_events_are_written_to_a_bucket_in_bounded_files(bucket, tmp_path, monkeypatch):
+  monkeypatch.setattr(metrics, "ROWS_PER_CHUNK", 2)
+  _log("gs://bucket/run", [1, 2, 3, 4, 5]).close()
+  event_files = sorted(p for p in bucket.objects() if "/tensorboard/events.out.tfevents" in p)
+  assert len(event_files) == 3  # A new file with each chunk of 2 rows: no upload keeps growing.
+  for i, event_file in enumerate(event_files):
+    (tmp_path / f"events.out.tfevents.{i}").write_bytes(bucket.memory.cat_file(event_file))
   accumulator = event_accumulator.EventAccumulator(str(tmp_path))
   accumulator.Reload()
-  assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [(1, 1.0), (2, 2.0)]
+  assert [(e.step, e.value) for e in accumulator.Scalars("loss")] == [
+    (step, float(step)) for step in range(1, 6)
+  ]
 
 
 def test_checkpoint_and_init_from_paths_keep_uris(bucket, monkeypatch):
