@@ -79,27 +79,17 @@ def two_processes(workdir: str, shard_dir: str) -> float:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  processes = [
-    subprocess.Popen(
-      _pretrain(
-        workdir,
-        shard_dir,
-        "--distributed",
-        f"--coordinator_address=127.0.0.1:{port}",
-        "--num_processes=2",
-        f"--process_id={i}",
-      ),  # fmt: skip
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE,
-      text=True,
-      env=_env(1),
-    )  # fmt: skip
-    for i in range(2)
-  ]
-  for process in processes:
-    _, stderr = process.communicate(timeout=3600)
-    if process.returncode:
-      sys.exit(f"a process of the 2-process run failed:\n{stderr[-3000:]}")
+  distributed = ["--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  log_paths = [f"{workdir}.p{i}.log" for i in range(2)]  # Files, not pipes: one could fill.
+  processes = []
+  for i, log_path in enumerate(log_paths):
+    with open(log_path, "w") as log:
+      command = _pretrain(workdir, shard_dir, *distributed, f"--process_id={i}")
+      processes.append(subprocess.Popen(command, stdout=log, stderr=log, env=_env(1)))
+  for process, log_path in zip(processes, log_paths, strict=True):
+    if process.wait(timeout=3600):
+      with open(log_path) as f:
+        sys.exit(f"a process of the 2-process run failed:\n{f.read()[-3000:]}")
   return _steps_per_s(workdir)
 
 

@@ -23,8 +23,9 @@
 #      it), appending to ~/scaled_ql/logs/pretrain.log on each worker.
 # Arguments: one ending in .gin is a --gin_file; any other --flag goes to scaled_ql.pretrain as
 # is (e.g. --heartbeat_timeout_s=300); anything else is a gin binding.
-# WORKDIR: gs://BUCKET/PATH, or an absolute path on a filesystem mounted on every worker (gcsfuse,
-#   Filestore/NFS): all hosts write the checkpoints together, host 0 the metrics and logs.
+# WORKDIR: gs://BUCKET/PATH, or an absolute path on a filesystem mounted on every worker
+#   (Filestore/NFS; not gcsfuse, whose renames are not atomic): all hosts write the checkpoints
+#   together, host 0 the metrics and logs.
 # SHARD_DIR: an absolute path on every worker holding the converted shards (a read-only persistent
 #   disk attached to all workers, a gcsfuse mount, or a copy on each); each host reads only its
 #   own share of the chunks.

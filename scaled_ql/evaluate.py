@@ -12,8 +12,9 @@ them to its results.
 
 Episodes are assigned to environments up front (environment i of a game plays a fixed number of
 episodes): counting the first N episodes to finish would favour short episodes, and the fixed
-assignment also makes the result a function of the seed only. The acting loop is
-`scaled_ql.actor`'s.
+assignment also makes the result a function of the seed only (and, for the periodic evaluation
+of a multi-host run, which splits the games over the processes, of their number: each process
+seeds its own environments). The acting loop is `scaled_ql.actor`'s.
 """
 
 import dataclasses

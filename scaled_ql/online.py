@@ -68,7 +68,9 @@ class OnlineSource(source.DataSource):
     if len(game_names) != 1:
       raise ValueError(f"OnlineSource plays one game; the run has {list(game_names)}.")
     if process_count != 1:
-      raise ValueError("OnlineSource acts on one process; run with one process.")
+      raise ValueError(
+        "OnlineSource acts as one data shard: run it with one process and train.data_shards = 1."
+      )
     if env_steps_per_grad_step < num_envs or env_steps_per_grad_step % num_envs:
       raise ValueError(
         f"OnlineSource.env_steps_per_grad_step={env_steps_per_grad_step} must be a positive "

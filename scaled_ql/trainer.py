@@ -87,7 +87,8 @@ def train(
     data_shards: split the data and each global batch into this many disjoint shards, each
       process holding as many consecutive ones (default: one per process). The batches depend
       on this number only, not on the number of processes: fix it (e.g. 64) to resume a run on
-      another number of hosts with the same data stream.
+      another number of hosts with the same data stream. Each shard is its own `dataset_fn`
+      source, with its own memory (a ReplayDataset's pool_rows is per shard).
 
   Returns:
     The last logged metrics (host floats).
@@ -137,8 +138,7 @@ def train(
     learner = init_from.adapt(learner)
   # Whatever stops the run (an error included), what was opened is closed, in reverse order.
   with contextlib.ExitStack() as cleanup:
-    # One trainer per workdir (a requeued job whose first copy still runs is refused).
-    cleanup.enter_context(workdir_lock.hold(workdir, enabled=jax.process_index() == 0))
+    _hold_workdir(cleanup, workdir)
     dataset = _make_dataset(dataset_fn, game_names, global_batch_size, seed, num_shards)
     cleanup.callback(dataset.close)
 
@@ -291,10 +291,25 @@ def _make_dataset(dataset_fn, game_names, global_batch_size: int, seed: int, num
   return sources[0] if per_process == 1 else data_source.Concatenated(sources)
 
 
+def _hold_workdir(cleanup: contextlib.ExitStack, workdir: str) -> None:
+  """One trainer per workdir: process 0 takes its lock until `cleanup` closes; when another run
+  holds it (a requeued job whose first copy still runs), every process stops with its holder."""
+  refusal = None
+  if jax.process_index() == 0:
+    try:
+      cleanup.enter_context(workdir_lock.hold(workdir))
+    except workdir_lock.WorkdirInUseError as e:
+      refusal = str(e)
+  refusal = multihost.allgather_json(refusal)[0]
+  if refusal:
+    raise workdir_lock.WorkdirInUseError(refusal)
+
+
 def _evaluated(workdir: str, step: int) -> bool:
   """Whether the run's metrics hold an evaluation of `step`, as process 0 reads them (the others
   follow its answer: only process 0 writes the file)."""
-  return multihost.allgather_json(step in runs.steps_with(workdir, "eval/"))[0]
+  first = jax.process_index() == 0
+  return multihost.allgather_json(first and step in runs.steps_with(workdir, "eval/"))[0]
 
 
 def evaluated_params(state):

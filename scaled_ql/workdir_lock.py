@@ -119,7 +119,7 @@ class _Lock:
     try:
       if self._holds():
         self.path.unlink(missing_ok=True)
-    except OSError as e:  # Releasing must not hide the error that may be stopping the run.
+    except Exception as e:  # Releasing must not hide the error that may be stopping the run.
       logging.warning("Could not release %s (%s); the next run takes it over.", self.path, e)
 
   def _claim(self, replacing: bool) -> bool:
@@ -169,7 +169,7 @@ class _Lock:
           return
         self._record["heartbeat"] = time.time()
         self._write()
-      except OSError as e:  # A filesystem hiccup: the next beat tries again.
+      except Exception as e:  # A filesystem or object-store hiccup: the next beat tries again.
         logging.warning("Could not refresh %s: %s", self.path, e)
 
   # -- Reading another holder's lock.

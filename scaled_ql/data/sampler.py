@@ -438,7 +438,7 @@ class ReplayDataset(DataSource):
     """One line for logs: what is sampled and how, and how local the samples are."""
     host_rows = sum(hi - lo for chunks in self._chunks for _, lo, hi in chunks)
     return (
-      f"ReplayDataset: {len(self.game_names)} games, {host_rows:,} rows on host "
+      f"ReplayDataset: {len(self.game_names)} games, {host_rows:,} rows in data shard "
       f"{self.process_index}/{self.process_count}, n={self.n_step}, gamma={self.gamma}; pool "
       f"{self.pool_bytes / 2**30:.2f} GiB, {self._pool.num_slots} slots of {self.chunk_rows} rows "
       f"({self._pool.num_slots * self.chunk_rows / max(1, host_rows):.1%} of the rows at a time); "
@@ -468,7 +468,7 @@ def _describe_locality(per_game: Sequence[Locality], process_count: int) -> str:
   )
   if process_count > 1:
     total = fig([process_count * x.distinct_chunks_per_batch for x in per_game], ".1f")
-    text += f" (the global batch's from ~{total}: hosts hold disjoint chunks)"
+    text += f" (the global batch's from ~{total}: data shards hold disjoint chunks)"
   reuse = fig([x.reuse_per_row for x in per_game], ".2g")
   return text + (
     f"; each slot is refilled every {g.slot_lifetime_steps} steps, a loaded row sampled ~{reuse}x"

@@ -81,6 +81,17 @@ class Concatenated(DataSource):
       for stream in streams:
         stream.close()
 
+  def metrics(self) -> dict[str, float]:
+    return {k: v for source in self.sources for k, v in source.metrics().items()}
+
+  def state(self) -> dict[str, np.ndarray]:
+    if any(source.state() for source in self.sources):
+      raise ValueError(
+        f"{type(self.sources[0]).__name__} keeps state (rows gathered by acting), which is "
+        "checkpointed for one data shard only; run it with train.data_shards = 1."
+      )
+    return {}
+
   def describe(self) -> str:
     return f"{len(self.sources)} data shards on this process: " + "; ".join(
       source.describe() for source in self.sources
