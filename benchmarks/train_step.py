@@ -4,7 +4,8 @@ For the small CPU model and ResNet-18 at batch 32 (one device), both with the he
 LOOP_GAMES and built by `methods.ScaledQL.build`, as the training loop builds them:
   * step FLOP/s = FLOPs from XLA's cost analysis of the compiled step / measured step time;
   * roof = FLOP/s of a plain 3x3 convolution of the model's own stage-0 shape
-    ([B, 21, 21, C0] -> C0), measured in the same run the same way;
+    ([B, 21, 21, C0] -> C0), measured in the same run the same way: the fastest of
+    alternating windows, each as long as a window of `log_every_steps` steps;
   * the real training loop's steps/s (`trainer.train` on real ALE data in the DQN Replay
     format through `data.ReplayDataset`: sampling, host-to-device, step, metric fetch every
     `log_every_steps`, progress bar), from its own metrics.jsonl, divided by steps/s of the
@@ -87,6 +88,27 @@ def _best_windows(fns: list[Callable[[], object]], seconds: float) -> list[float
       fn()
       best[i] = min(best[i], time.perf_counter() - t0)
   return best
+
+
+def _lasting(make_window: Callable, seconds: float):
+  """make_window(calls) -> (window, flops), with `calls` such that a window lasts `seconds`.
+
+  A roof's window is as long as the step's: the fastest of many windows a few milliseconds
+  long catches the machine's best moments, which a step's window of a second cannot.
+  """
+  window, _ = make_window(1)
+  window()  # Warm-up.
+  t0 = time.perf_counter()
+  window()
+  return make_window(max(1, round(seconds / (time.perf_counter() - t0))))
+
+
+def _seconds(window: Callable[[], object]) -> float:
+  """Seconds of one call of `window`, after a warm-up call."""
+  window()
+  t0 = time.perf_counter()
+  window()
+  return time.perf_counter() - t0
 
 
 def _window_rates(window: Callable[[], object], steps_per_window: int, num_windows: int):
@@ -218,8 +240,11 @@ def measure(torso: str, mesh, shard_dir: str) -> float:
     jax.block_until_ready(metrics)
 
   width = networks.NetworkConfig(torso=torso).resolved().widths[0]
-  conv_window, conv_flops = _conv_window(batch_size, width, calls=log_every)
-  grads_window, grads_flops = _conv_window(batch_size, width, log_every, with_grads=True)
+  seconds = _seconds(step_window)
+  conv_window, conv_flops = _lasting(lambda n: _conv_window(batch_size, width, n), seconds)
+  grads_window, grads_flops = _lasting(
+    lambda n: _conv_window(batch_size, width, n, with_grads=True), seconds
+  )
   step_seconds, conv_seconds, grads_seconds = _best_windows(
     [step_window, conv_window, grads_window], _SECONDS.value
   )
@@ -297,7 +322,9 @@ def measure_dt(gin_file: str, mesh) -> float:
     jax.block_until_ready(metrics)
 
   tokens = batch_size * config.context_steps * config.tokens_per_step
-  matmul_window, matmul_flops = _matmul_window(tokens, config.width, log_every)
+  matmul_window, matmul_flops = _lasting(
+    lambda n: _matmul_window(tokens, config.width, n), _seconds(step_window)
+  )
   step_seconds, matmul_seconds = _best_windows([step_window, matmul_window], _SECONDS.value)
   step_rate, roof = step_flops * log_every / step_seconds, matmul_flops / matmul_seconds
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))

@@ -1,5 +1,6 @@
 """The Decision Transformer: token layout and mask, tokenisation, action maps, learning, acting."""
 
+import haiku as hk
 import jax
 import numpy as np
 import optax
@@ -70,6 +71,38 @@ def test_network_outputs_do_not_depend_on_later_steps():
   moved = network.apply(params, None, batch.obs, returns, zeros, zeros)
   np.testing.assert_allclose(out.return_logits[:, 3], moved.return_logits[:, 3], atol=1e-6)
   assert not np.allclose(out.action_logits[:, 3], moved.action_logits[:, 3])
+
+
+def test_patches_and_attention_equal_haikus_conv_and_attention_on_the_same_parameters():
+  # The DT's own PatchEmbedding and SelfAttention (fewer ops on CPU) must be haiku's strided
+  # Conv2D and MultiHeadAttention under their parameter names, so that checkpoints carry over.
+  rng = np.random.default_rng(0)
+  obs = rng.integers(0, 256, (2, 84, 84, 4), dtype=np.uint8)
+  x = rng.normal(size=(2, 12, 32)).astype(np.float32)
+  mask = rng.random((12, 12)) < 0.5
+  mask[np.arange(12), np.arange(12)] = True
+  init = hk.initializers.VarianceScaling(1.0)
+
+  def ours(obs, x):
+    patches = transformer.PatchEmbedding(32, 14, name="patches")(obs)
+    return patches, transformer.SelfAttention(4, init, name="attention")(x, mask)
+
+  def haikus(obs, x):
+    frames = np.moveaxis(obs, -1, 1).reshape(8, 84, 84, 1) / 255.0
+    patches = hk.Conv2D(32, 14, stride=14, padding="VALID", name="patches")(frames)
+    attention = hk.MultiHeadAttention(4, 8, w_init=init, name="attention")
+    return patches.reshape(2, 4, 36, 32), attention(x, x, x, mask=mask[None, None])
+
+  ours, haikus = (
+    hk.without_apply_rng(hk.transform(ours)),
+    hk.without_apply_rng(hk.transform(haikus)),
+  )
+  params = haikus.init(jax.random.PRNGKey(0), obs, x)
+  assert jax.tree.map(np.shape, ours.init(jax.random.PRNGKey(0), obs, x)) == jax.tree.map(
+    np.shape, params
+  )
+  for got, want in zip(ours.apply(params, obs, x), haikus.apply(params, obs, x), strict=True):
+    np.testing.assert_allclose(got, want, atol=2e-5)
 
 
 def test_returns_and_rewards_are_tokenised_as_mgdt():
