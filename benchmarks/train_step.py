@@ -94,7 +94,7 @@ def _lasting(make_window: Callable, seconds: float):
   """make_window(calls) -> (window, flops), with `calls` such that a window lasts `seconds`.
 
   A roof's window is as long as the step's: ten calls of a sub-millisecond matmul mostly time
-  their dispatch (the CPU DT's matmul measured ~258 GFLOP/s in 10-call windows, 345-442 in
+  their dispatch (the CPU DT's matmul measured ~258 GFLOP/s in 10-call windows, 345-391 in
   windows as long as the step's), and windows of equal length see the same machine load.
   """
   window, _ = make_window(1)

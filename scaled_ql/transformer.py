@@ -126,8 +126,9 @@ class PatchEmbedding(hk.Module):
   each mapped linearly to width D.
 
   The same map and parameters (w [p, p, 1, D], b [D]) as `hk.Conv2D` with kernel = stride =
-  patch, written as one matmul of the flattened patches: at the CPU shape (D = 64, batch 32)
-  the forward pass took 9.5 ms instead of the conv's 14 ms.
+  patch, written as one matmul of the flattened patches. With `SelfAttention`, the network at
+  the CPU shape (D = 64, batch 32) ran 4% faster with its gradients (56.3 vs 58.4 ms; forward
+  9.5 vs 10.7 ms) than with haiku's Conv2D and MultiHeadAttention.
   """
 
   def __init__(self, width: int, patch_size: int, name=None):
@@ -152,8 +153,8 @@ class PatchEmbedding(hk.Module):
 class SelfAttention(hk.Module):
   """Multi-head self-attention: the parameters and the computation of `hk.MultiHeadAttention`
   (query, key, value and linear, each w [D, D] and b [D]) in fewer ops: the three input
-  projections as one [D, 3D] matmul and the heads next to the batch axis. At D = 64, batch 32,
-  one layer with its gradients took 6.0 ms instead of 7.2 on 2 CPU cores.
+  projections as one [D, 3D] matmul and the heads next to the batch axis (see
+  `PatchEmbedding` for what the two gain on CPU).
   """
 
   def __init__(self, num_heads: int, w_init, name=None):

@@ -48,16 +48,14 @@ class WorkdirInUseError(ValueError):
 def hold(
   workdir: runs.PathLike,
   *,
-  enabled: bool = True,
   heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S,
   stale_after_s: float = STALE_AFTER_S,
   settle_s: float = SETTLE_S,
 ) -> Iterator[None]:
-  """Holds `{workdir}/LOCK` while the block runs (nothing when not `enabled`).
+  """Holds `{workdir}/LOCK` while the block runs.
 
   Args:
     workdir: the run directory (it must exist).
-    enabled: False on the processes of a multi-process run other than process 0.
     heartbeat_interval_s: seconds between heartbeats.
     stale_after_s: a lock whose heartbeat is older than this is taken over.
     settle_s: seconds between claiming a stale (or bucket) lock and reading it back.
@@ -65,9 +63,6 @@ def hold(
   Raises:
     WorkdirInUseError: another live process holds the lock; the message names it.
   """
-  if not enabled:
-    yield
-    return
   lock = _Lock(epath.Path(workdir) / LOCK_FILE, heartbeat_interval_s, stale_after_s, settle_s)
   lock.acquire()
   try:

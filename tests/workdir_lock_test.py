@@ -87,8 +87,3 @@ def test_a_lock_taken_over_meanwhile_is_not_released(tmp_path):
     theirs = forge(tmp_path)  # As if this process had stalled for longer than stale_after_s.
     time.sleep(0.3)  # The heartbeat sees it and leaves it alone.
   assert read_lock(tmp_path) == theirs
-
-
-def test_only_process_0_takes_the_lock(tmp_path):
-  with workdir_lock.hold(tmp_path, enabled=False):
-    assert not (tmp_path / "LOCK").exists()
