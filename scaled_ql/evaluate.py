@@ -109,7 +109,9 @@ def evaluate(
     if video_dir:
       names = {g * num_envs: f"{game}_v{variant}" for g, game in enumerate(game_names)}
       recorder = video.EpisodeRecorder(video_dir, names)
-    per_game, agent_steps, wall_time_s = _play(actor, num_episodes, epsilon, log_every_s, recorder)
+    per_game, agent_steps, wall_time_s = _play(
+      actor, num_episodes, epsilon, log_every_s, protocol.max_episode_steps, recorder
+    )
   finally:
     for env in envs:
       env.close()
@@ -127,11 +129,28 @@ def evaluate(
   )
 
 
+def _max_calls_left(
+  done_count: np.ndarray, quota: np.ndarray, episode_length: np.ndarray, max_episode_steps: int
+) -> int:
+  """Actor steps left at most: every env's unfinished episodes run to the step cap.
+
+  Args:
+    done_count: int [N], episodes each env has ended.
+    quota: int [N], episodes each env is to play.
+    episode_length: int [N], agent steps of each env's current episode.
+    max_episode_steps: the protocol's cap on an episode's agent steps.
+  """
+  left = np.maximum(quota - done_count, 0)  # [N] episodes still to end, the current one included.
+  steps = np.where(left > 0, left * max_episode_steps - episode_length, 0)
+  return int(steps.max(initial=0))
+
+
 def _play(
   actor: actor_lib.Actor,
   num_episodes: int,
   epsilon: float,
   log_every_s: float,
+  max_episode_steps: int,
   recorder: video.EpisodeRecorder | None = None,
 ) -> tuple[dict[str, runs.GameResult], int, float]:
   """Steps `actor` until each of its envs has played its quota of episodes (recording videos).
@@ -146,12 +165,13 @@ def _play(
   total = int(quota.sum())
   actor.reset()
   start = last_log = time.time()  # After the first reset: wall_time_s times the stepping loop.
-  agent_steps = 0
+  agent_steps = calls = 0
 
   while (done_count < quota).any():
     # A game whose envs have all played their quota is no longer stepped.
     active = (done_count < quota).reshape(num_games, num_envs).any(axis=1)
     step = actor.step(epsilon, active)
+    calls += 1
     if recorder:
       recorder.add(step)
     agent_steps += int(step.stepped.sum())
@@ -168,13 +188,18 @@ def _play(
       finished = int(np.minimum(done_count, quota).sum())
       elapsed = now - start
       eta = elapsed * (total - finished) / finished if finished else float("nan")
+      length = np.where(step.ended, 0, step.episode_length)  # [N] an ended env starts anew.
+      calls_left = _max_calls_left(done_count, quota, length, max_episode_steps)
       logging.info(
-        "eval: %d/%d episodes, %d agent steps, %.0f steps/s, ETA %.0f s",
+        "eval: %d/%d episodes, %d agent steps, %.0f steps/s, ETA %.0f s (at most %.0f s if "
+        "every episode runs to the %d-step cap)",
         finished,
         total,
         agent_steps,
         agent_steps / elapsed,
         eta,
+        calls_left * elapsed / calls,
+        max_episode_steps,
       )
 
   wall_time_s = time.time() - start

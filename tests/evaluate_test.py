@@ -234,3 +234,10 @@ def test_frame_sheet_cli_names_a_bad_video(tmp_path):
   )  # fmt: skip
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert "missing.mp4" in out.stderr and "LABEL=PATH" in out.stderr
+
+
+def test_eta_bound_lets_every_unfinished_episode_run_to_the_cap():
+  # Env 0: its current episode (5 steps in) and one more; env 1: its last, 7 steps in; env 2: done.
+  done_count, quota = np.array([0, 1, 2]), np.array([2, 2, 2])
+  assert evaluate._max_calls_left(done_count, quota, np.array([5, 7, 0]), 10) == 15
+  assert evaluate._max_calls_left(quota, quota, np.array([5, 7, 0]), 10) == 0
