@@ -161,8 +161,9 @@ class SelfAttention(hk.Module):
     super().__init__(name=name)
     self._num_heads, self._w_init = num_heads, w_init
 
-  def __call__(self, x, mask):
-    """x float32 [B, S, D], mask bool [S, S] (query i may see key j) -> [B, S, D]."""
+  def __call__(self, x, mask, queries: np.ndarray | None = None):
+    """x float32 [B, S, D], mask bool [S, S] (query i may see key j) -> [B, Q, D]: the
+    outputs at the positions `queries` (int [Q], default all S)."""
     batch, size, width = x.shape
     heads = self._num_heads
 
@@ -176,10 +177,12 @@ class SelfAttention(hk.Module):
     b = jnp.concatenate([b for _, b in projections])
     qkv = (x @ w + b).reshape(batch, size, 3 * heads, width // heads)
     q, k, v = jnp.split(jnp.swapaxes(qkv, 1, 2), 3, axis=1)  # each [B, H, S, D / H]
+    if queries is not None:
+      q, mask = q[:, :, queries], mask[queries]  # [B, H, Q, D / H], [Q, S]
     q = q / np.sqrt(width // heads).astype(x.dtype)  # Less work than scaling the logits.
-    logits = q @ jnp.swapaxes(k, 2, 3)  # [B, H, S, S]
+    logits = q @ jnp.swapaxes(k, 2, 3)  # [B, H, Q, S]
     weights = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1)
-    out = jnp.swapaxes(weights @ v, 1, 2).reshape(batch, size, width)  # [B, S, D]
+    out = jnp.swapaxes(weights @ v, 1, 2).reshape(batch, q.shape[2], width)  # [B, Q, D]
     w_out, b_out = linear("linear")
     return out @ w_out + b_out
 
@@ -219,23 +222,32 @@ class DecisionTransformer(hk.Module):
     dropout = config.dropout_rate if is_training else 0.0
     h = self._embed(obs, return_bins, actions, reward_classes)
     mask = jnp.asarray(attention_mask(config))  # [S, S]
+    # Each read-out is the token before the one it predicts: per step the last patch (return),
+    # the return (action) and the action (reward). The last block computes only these 3T
+    # tokens, as nothing reads the others' outputs: at the CPU shape (2 layers, D = 64, batch
+    # 32) the network with its gradients took 36.4 instead of 54.9 ms, the same outputs.
+    read_outs = np.add.outer(
+      np.arange(config.context_steps) * config.tokens_per_step,
+      config.num_patches + np.arange(-1, 2),
+    ).ravel()  # [3T] positions, by step then read-out
     init = hk.initializers.VarianceScaling(2.0 / config.num_layers)
     for i in range(config.num_layers):
+      queries = read_outs if i == config.num_layers - 1 else None
       x = hk.LayerNorm(-1, True, True, name=f"block{i}_ln_attention")(h)
-      x = SelfAttention(config.num_heads, init, name=f"block{i}_attention")(x, mask)
+      x = SelfAttention(config.num_heads, init, name=f"block{i}_attention")(x, mask, queries)
+      if queries is not None:
+        h = h[:, queries]  # [B, 3T, D]
       h += _dropout(x, dropout)
       x = hk.LayerNorm(-1, True, True, name=f"block{i}_ln_mlp")(h)
       x = hk.Linear(4 * config.width, w_init=init, name=f"block{i}_mlp_in")(x)
       x = hk.Linear(config.width, w_init=init, name=f"block{i}_mlp_out")(jax.nn.gelu(x))
       h += _dropout(x, dropout)
     h = hk.LayerNorm(-1, True, True, name="ln_final")(h)
-    h = h.reshape(h.shape[0], config.context_steps, config.tokens_per_step, config.width)
-    # Each read-out is the token before the one it predicts.
-    last_patch, return_token, action_token = (config.num_patches + k for k in (-1, 0, 1))
+    h = h.reshape(h.shape[0], config.context_steps, 3, config.width)  # [B, T, 3, D]
     return TransformerOutput(
-      return_logits=hk.Linear(config.num_returns, name="return_head")(h[:, :, last_patch]),
-      action_logits=hk.Linear(games.MAX_NUM_ACTIONS, name="action_head")(h[:, :, return_token]),
-      reward_logits=hk.Linear(NUM_REWARD_CLASSES, name="reward_head")(h[:, :, action_token]),
+      return_logits=hk.Linear(config.num_returns, name="return_head")(h[:, :, 0]),
+      action_logits=hk.Linear(games.MAX_NUM_ACTIONS, name="action_head")(h[:, :, 1]),
+      reward_logits=hk.Linear(NUM_REWARD_CLASSES, name="reward_head")(h[:, :, 2]),
     )
 
 

@@ -105,6 +105,25 @@ def test_patches_and_attention_equal_haikus_conv_and_attention_on_the_same_param
     np.testing.assert_allclose(got, want, atol=2e-5)
 
 
+def test_attention_at_chosen_queries_is_the_full_attentions_rows():
+  # The DT's last block computes only the read-out tokens (`queries`).
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 12, 32)).astype(np.float32)
+  mask = np.tril(np.ones((12, 12), bool))
+  queries = np.array([1, 5, 11])
+  attention = hk.without_apply_rng(
+    hk.transform(
+      lambda x, queries: transformer.SelfAttention(4, hk.initializers.VarianceScaling(1.0))(
+        x, mask, queries
+      )
+    )
+  )
+  params = attention.init(jax.random.PRNGKey(0), x, None)
+  full, part = attention.apply(params, x, None), attention.apply(params, x, queries)
+  assert full.shape == (2, 12, 32) and part.shape == (2, 3, 32)
+  np.testing.assert_allclose(part, full[:, queries], atol=1e-6)
+
+
 def test_returns_and_rewards_are_tokenised_as_mgdt():
   rtg = np.array([-25.0, -20.0, 0.0, 3.0, 100.0, 130.0])
   np.testing.assert_array_equal(
