@@ -3,10 +3,10 @@
 #   collect real ALE data in the DQN Replay format with a schedule of behaviour quality
 #   (uniform-random play, then a behaviour agent trained on it, at falling epsilon) -> convert
 #   -> pretrain Scaled QL (and the BC baseline on the same data) -> evaluate every game -> a
-#   per-game table. About 40 minutes on 2 cores.
+#   per-game table. About 36 minutes on 2 cores (measured alone).
 # Every stage resumes: run it again after an interruption and it continues.
 # WORKDIR (default workdirs/local) holds the data, the runs and the results.
-# SEEDS="0 1 2" trains Scaled QL and BC with each seed (about 30 minutes more per seed) on the
+# SEEDS="0 1 2" trains Scaled QL and BC with each seed (about 29 minutes more per seed) on the
 # same data; the table then gives intervals over seeds and episodes.
 # Then `bash launch/baselines.sh` adds filtered BC, the DT and the Q-guided policies.
 set -euo pipefail
