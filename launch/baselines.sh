@@ -7,7 +7,7 @@
 #   q_guided_bc   BC's sampled actions re-ranked by the Scaled QL run's Q (PA-RL; 0 steps)
 #   q_guided_dt   the DT's sampled actions re-ranked likewise
 # By default on the embedded default's run (`bash launch/local.sh` first): measured 72 minutes
-# on 2 cores, 28 of them the DT's 25k steps at ~15 steps/s and 19 the Q-guided DT's evaluation
+# on 2 cores, 29 of them the DT's 25k steps at ~15 steps/s and 19 the Q-guided DT's evaluation
 # (since then the DT's train step runs at 29 instead of 18 steps/s in benchmarks/train_step.py).
 #
 #   SQL_RUN=workdirs/local/scaled_ql   the Scaled QL run (also the Q-guided policies' critic)

@@ -187,9 +187,10 @@ def _play(
       last_log = now
       finished = int(np.minimum(done_count, quota).sum())
       elapsed = now - start
-      eta = elapsed * (total - finished) / finished if finished else float("nan")
       length = np.where(step.ended, 0, step.episode_length)  # [N] an ended env starts anew.
-      calls_left = _max_calls_left(done_count, quota, length, max_episode_steps)
+      bound = _max_calls_left(done_count, quota, length, max_episode_steps) * elapsed / calls
+      # Episodes still running are the long ones: the estimate from finished ones is capped.
+      eta = min(elapsed * (total - finished) / finished, bound) if finished else bound
       logging.info(
         "eval: %d/%d episodes, %d agent steps, %.0f steps/s, ETA %.0f s (at most %.0f s if "
         "every episode runs to the %d-step cap)",
@@ -198,7 +199,7 @@ def _play(
         agent_steps,
         agent_steps / elapsed,
         eta,
-        calls_left * elapsed / calls,
+        bound,
         max_episode_steps,
       )
 

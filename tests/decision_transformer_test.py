@@ -71,6 +71,12 @@ def test_network_outputs_do_not_depend_on_later_steps():
   moved = network.apply(params, None, batch.obs, returns, zeros, zeros)
   np.testing.assert_allclose(out.return_logits[:, 3], moved.return_logits[:, 3], atol=1e-6)
   assert not np.allclose(out.action_logits[:, 3], moved.action_logits[:, 3])
+  # The reward read-out sees the step's action; the action read-out does not.
+  actions = zeros.copy()
+  actions[:, 3] = 2
+  acted = network.apply(params, None, batch.obs, zeros, actions, zeros)
+  np.testing.assert_allclose(out.action_logits[:, 3], acted.action_logits[:, 3], atol=1e-6)
+  assert not np.allclose(out.reward_logits[:, 3], acted.reward_logits[:, 3])
 
 
 def test_patches_and_attention_equal_haikus_conv_and_attention_on_the_same_parameters():
