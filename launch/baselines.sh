@@ -8,7 +8,8 @@
 #   q_guided_dt   the DT's sampled actions re-ranked likewise
 # By default on the embedded default's run (`bash launch/local.sh` first): measured 72 minutes
 # on 2 cores, 29 of them the DT's 25k steps at ~15 steps/s and 19 the Q-guided DT's evaluation
-# (since then the DT's train step runs at 29 instead of 18 steps/s in benchmarks/train_step.py).
+# (since then the DT's last block computes only its read-out tokens: the DT took 19 minutes
+# instead of 31 when rerun alone, 24 steps/s).
 #
 #   SQL_RUN=workdirs/local/scaled_ql   the Scaled QL run (also the Q-guided policies' critic)
 #   SEEDS=0                            with "0 1 2": seed S > 0 uses SQL_RUN_seedS (as
