@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from scaled_ql import games, runs
-from scaled_ql.report import build, compare, plots, scores, tables
+from scaled_ql import cli, games, runs
+from scaled_ql.report import build, compare, plots, scores, significance, tables
 
 _PNGS = ["iqm_ci.png", "per_game.png", "performance_profile.png", "scaling.png",
          "finetune_curves.png"]  # fmt: skip
@@ -178,18 +178,40 @@ def test_latest_evaluation_under_the_protocol_is_used(tmp_path):
   assert loaded == [] and "evaluated only under protocol(s) ['custom', 'dqn']" in left_out[0]
 
 
-def test_scaling_fit_is_written(tmp_path):
-  estimates = {
-    ("scaled_ql", "near_optimal", n): {"iqm": scores.Estimate(v, v - 0.05, v + 0.05)}
-    for n, v in [(1e6, 0.5), (1e7, 0.5 * 10**0.2), (1e8, 0.5 * 100**0.2)]
-  }
+def _scaling_rows(output, iqm_by_size):
+  """scaling.csv's rows and the left-out notes for Scaled QL at the given {size: IQM}: each size
+  has 3 runs (offsets -0.02, 0, 0.02) on 2 games, whose pooled IQM is that value."""
+  offsets = np.array([[-0.02, -0.02], [0.0, 0.0], [0.02, 0.02]])
+  groups = {("scaled_ql", "near_optimal", n): v for n, v in iqm_by_size.items()}
+  estimates = {g: {"iqm": scores.Estimate(v, v - 0.05, v + 0.05)} for g, v in groups.items()}
+  matrices = {g: v + offsets for g, v in groups.items()}
   left_out = []
-  plots.scaling(str(tmp_path), estimates, left_out)
-  with open(tmp_path / "scaling.csv") as f:
-    row = list(csv.DictReader(f))[0]
+  plots.scaling(str(output), estimates, matrices, left_out, reps=500)
+  with open(output / "scaling.csv") as f:
+    return list(csv.DictReader(f)), left_out
+
+
+def test_scaling_fit_is_written(tmp_path):
+  rows, left_out = _scaling_rows(tmp_path, {1e6: 0.5, 1e7: 0.5 * 10**0.2, 1e8: 0.5 * 100**0.2})
+  (row,) = rows
   assert float(row["exponent"]) == pytest.approx(0.2, abs=1e-4)
+  assert float(row["r_squared"]) == pytest.approx(1.0)
+  # Runs resampled within sizes: the interval holds the fit and is as narrow as the runs' spread.
+  low, high = float(row["exponent_ci_low"]), float(row["exponent_ci_high"])
+  assert low <= 0.2 <= high and 0 < high - low < 0.05, (low, high)
+  assert (row["num_sizes_dropped"], row["runs_per_size"]) == ("0", "3/3/3")
   assert left_out == []
   assert matplotlib.image.imread(str(tmp_path / "scaling.png")).ndim == 3
+
+
+def test_scaling_fit_names_dropped_sizes_and_gives_no_r_squared_for_two_sizes(tmp_path):
+  rows, left_out = _scaling_rows(tmp_path, {1e6: 0.5, 1e7: -0.1, 1e8: 0.5 * 100**0.2})
+  (row,) = rows
+  assert (row["num_sizes"], row["num_sizes_dropped"], row["r_squared"]) == ("2", "1", "—")
+  assert float(row["exponent"]) == pytest.approx(0.2, abs=1e-4)
+  assert left_out == [
+    "scaling fit Scaled QL (near_optimal): size 10000000 left out (IQM -0.100 <= 0)"
+  ]
 
 
 def test_interval_plot_marks_every_point_estimate_inside_the_axes():
@@ -304,37 +326,107 @@ def test_finetune_table_uses_dqn_reference_when_given(tmp_path):
     row = list(csv.DictReader(f))[0]
   assert row["pretrained DQN-normalised"] == "72.3%"
   assert row["scratch DQN-normalised"] == "0.0%"
-  assert row["pretrained return (mean ± sd over runs)"] == "1.0 ± 0.0"
+  assert row["pretrained return (mean ± sd over runs)"] == "1.0 ± —"  # One run: no sd.
+
+
+def _write_episodes(data_dir, game, episodes_by_suffix):
+  """The collector's episode log of `game`: {checkpoint suffix: returns}."""
+  os.makedirs(data_dir / game / "1")
+  rows = [f"{k},{r},10,0" for k, returns in episodes_by_suffix.items() for r in returns]
+  (data_dir / game / "1" / "episodes.csv").write_text(
+    "suffix,return,length,truncated\n" + "\n".join(rows) + "\n"
+  )
 
 
 def test_compare_with_the_data(run_root, tmp_path):
   # The collector's episode log: checkpoint 0 scored 2 and 4, checkpoint 1 scored 10 and 12.
-  os.makedirs(tmp_path / "Breakout" / "1")
-  (tmp_path / "Breakout" / "1" / "episodes.csv").write_text(
-    "suffix,return,length,truncated\n0,2,10,0\n0,4,10,0\n1,10,10,0\n1,12,10,0\n"
-  )
+  _write_episodes(tmp_path, "Breakout", {0: [2, 4], 1: [10, 12]})
   table = compare.compare([str(run_root / "sql"), str(run_root / "bc")], str(tmp_path), "custom")
   lines = table.splitlines()
-  assert lines[0] == (
+  # The confirmatory family comes first, before any result.
+  assert lines[0].startswith(
+    "Confirmatory family, declared before the results: scaled_ql vs "
+    "bc and scaled_ql vs the data's best checkpoint, on each game"
+  )
+  assert lines[2] == (
     "| Game | Data (behaviour) | Data, best checkpoint | scaled_ql @ step 10 | scaled_ql HNS "
     "| bc @ step 10 | bc HNS |"
   )
-  # Cells: mean [95% bootstrap interval] (runs x episodes). Two episodes 1.7 and 30.5 resample
-  # to means 1.7, 16.1 or 30.5, so the interval is their range.
-  breakout = lines[2].split(" | ")
-  assert breakout[1].startswith("7.0 [") and breakout[1].endswith("] (4)")
-  assert breakout[2] == "11.0 [10.0, 12.0] (2) [ckpt 1]"
-  assert breakout[3:] == ["16.1 [1.7, 30.5] (1×2)", "50.0%", "1.7 [1.7, 1.7] (1×2)", "0.0% |"]
-  assert lines[3].startswith("| Pong | — | — | 14.6 [14.6, 14.6] (1×2) | 100.0% |")
-  # Breakout's two episodes are too few to tell scaled_ql from bc or the data; Pong's are not.
-  assert ("- scaled_ql vs the data's best checkpoint: above on 0, below on 0, within noise on 1 "
-          "(Breakout) of 1 games.") in lines  # fmt: skip
-  assert (
-    "- bc vs the data's average: above on 0, below on 1 (Breakout), within noise on 0 of 1 games."
-    in lines
+  # Cells: mean [95% interval] (what it rests on). One run: an interval over its episodes (two
+  # episodes 1.7 and 30.5 resample to means 1.7, 16.1 or 30.5, so the interval is their range).
+  breakout = lines[4].split(" | ")
+  assert breakout[1].startswith("7.0 [") and breakout[1].endswith("] (4 episodes, 2 checkpoints)")
+  assert breakout[2] == "11.0 [10.0, 12.0] (2 episodes) [ckpt 1]"
+  assert breakout[3:] == [
+    "16.1 [1.7, 30.5] (1 run, 2 episodes)", "50.0%", "1.7 [1.7, 1.7] (1 run, 2 episodes)", "0.0% |"
+  ]  # fmt: skip
+  assert lines[5].startswith("| Pong | — | — | 14.6 [14.6, 14.6] (1 run, 2 episodes) | 100.0% |")
+  # The IQM of human-normalised scores: 0.5 and 1.0 (IQM of two keeps both), 0.0 and 0.0.
+  assert lines[6].startswith("| IQM (human-normalised) | — | — | — | 75.0% [")
+  # One run each: no verdict at all, and it says why.
+  assert not any(line.startswith(("Confirmatory (", "Exploratory (")) for line in lines)
+  assert ("- No verdict where scaled_ql has 1 run (scaled_ql vs the data's average, scaled_ql "
+          "vs the data's best checkpoint, scaled_ql vs bc): a verdict needs 2 or more runs "
+          "(pairs of runs where paired) on a row.") in lines  # fmt: skip
+  assert "- No verdict where bc has 1 run (bc vs the data's average, bc vs the data's best " \
+         "checkpoint): a verdict needs 2 or more runs (pairs of runs where paired) on a row." \
+         in lines  # fmt: skip
+
+
+def _write_seeds(root, method, returns_by_seed):
+  """A method's runs named as launch/local.sh names them: METHOD, METHOD_seed1, ..."""
+  paths = []
+  for seed, returns in enumerate(returns_by_seed):
+    paths.append(str(root / (method + (f"_seed{seed}" if seed else ""))))
+    _write_run(paths[-1], returns, **_pretrain_info(method, seed))
+  return paths
+
+
+def test_compare_prints_corrected_verdicts_of_paired_seeds(tmp_path):
+  runs_dir = tmp_path / "runs"
+  sql = _write_seeds(runs_dir, "scaled_ql", [
+    {"Breakout": [19.0, 21.0], "Pong": [-20.0, -19.0]},
+    {"Breakout": [20.0, 22.0], "Pong": [-21.0, -20.0]},
+    {"Breakout": [22.0, 23.0], "Pong": [-19.0, -21.0]},
+  ])  # fmt: skip
+  bc = _write_seeds(runs_dir, "bc", [
+    {"Breakout": [2.0, 2.0], "Pong": [-20.0, -21.0]},
+    {"Breakout": [2.0, 3.0], "Pong": [-19.0, -20.0]},
+    {"Breakout": [3.0, 4.0], "Pong": [-21.0, -20.0]},
+  ])  # fmt: skip
+  _write_episodes(tmp_path / "replay", "Breakout", {0: [2, 4, 3, 3], 1: [10, 12, 11, 11]})
+  table = compare.compare(sql + bc, str(tmp_path / "replay"), "custom")
+  lines = table.splitlines()
+  assert lines[4].split(" | ")[3] == "21.2 [18.0, 24.3] (3 runs × 2)"
+  # Scaled QL minus BC per seed: Breakout 18, 18.5, 19 (a paired t of 64 on 2 degrees of
+  # freedom); Pong 1, -1, 0.5. Confirmatory: vs BC on both games and the IQM, vs the best
+  # checkpoint on Breakout (the data has no Pong, so no IQM either): 4 comparisons.
+  family = lines.index(next(line for line in lines if line.startswith("Confirmatory (")))
+  assert lines[family].startswith("Confirmatory (4 comparisons, Holm-corrected within them)")
+  assert "uncorrected tests at 5% would give 0.20 false verdicts" in lines[family]
+  assert lines[family + 2] == (
+    "- scaled_ql vs bc (paired, 3 seeds): above on 1 (Breakout p_Holm<0.001), below on 0, no "
+    "difference detected on 1 (Pong p_Holm=0.81) of 2 games; IQM: above (p_Holm=0.0022)."
   )
-  assert ("- scaled_ql vs bc: above on 1 (Pong), below on 0, within noise on 1 (Breakout) of 2 "
-          "games.") in lines  # fmt: skip
+  assert lines[family + 1].startswith(
+    "- scaled_ql vs the data's best checkpoint (3 runs vs the data): above on 1 (Breakout"
+  )
+  assert lines[family + 3].startswith("Exploratory (3 comparisons")  # The rest: vs the data.
+  assert "within noise" not in table
+
+
+def test_pair_keys_pair_seeds_of_one_directory_and_runs_built_from_others(tmp_path):
+  def keys(path, **info):
+    return compare.pair_keys(str(tmp_path / path), info)
+
+  assert keys("a/scaled_ql", seed=1) & keys("a/bc_seed1", seed=1)
+  assert not keys("a/scaled_ql", seed=1) & keys("a/bc", seed=0)
+  assert not keys("a/scaled_ql", seed=1) & keys("b/bc", seed=1)
+  # A Q-guided run elsewhere: paired with its proposal (a checkpoint of it) and its critic.
+  q_guided = keys("c/q_guided_bc", seed=5, init_from={"source": f"{tmp_path}/a/bc/checkpoints/9"},
+                  method_config={"critic_from": f"{tmp_path}/a/scaled_ql/"})  # fmt: skip
+  assert q_guided & keys("a/bc", seed=0) and q_guided & keys("a/scaled_ql", seed=1)
+  assert not q_guided & keys("a/dt", seed=0)
 
 
 def test_the_runs_of_a_method_form_one_column_with_intervals_over_runs(tmp_path):
@@ -342,16 +434,20 @@ def test_the_runs_of_a_method_form_one_column_with_intervals_over_runs(tmp_path)
   for seed, returns in enumerate(([1.0, 1.0, 1.0], [3.0, 3.0, 3.0], [8.0, 8.0, 8.0])):
     _write_run(str(tmp_path / f"bc_{seed}"), {"Breakout": returns}, **{**info, "seed": seed})
   table = compare.compare([str(tmp_path / f"bc_{s}") for s in range(3)], None, "custom")
-  header, _, row = table.splitlines()[:3]
+  header, _, row = table.splitlines()[2:5]
   assert header == "| Game | Data (behaviour) | bc @ step 10 | bc HNS |"
-  # The mean of the runs' means, 4.0; resampling the 3 runs gives means from 1.0 to 8.0.
-  cell = row.split(" | ")[2]
-  low, high = (float(x) for x in cell.split("[")[1].split("]")[0].split(", "))
-  assert (
-    cell.startswith("4.0 [") and cell.endswith("(3×3)") and 1.0 <= low < 2.5 and 6.0 < high <= 8.0
-  )
+  # The mean of the runs' means, 4.0, with a t interval over the 3 runs: 4.0 -/+ 4.303 * 2.082.
+  assert row.split(" | ")[2] == "4.0 [-5.0, 13.0] (3 runs × 3)"
 
 
 def test_compare_refuses_a_directory_that_is_not_a_run(tmp_path):
   with pytest.raises(FileNotFoundError, match="run_info.json does not exist"):
     compare.compare([str(tmp_path)], None, "custom")
+
+
+def test_the_confirmatory_family_is_declared_by_flag():
+  assert compare._parse_confirmatory(["scaled_ql:best", "bc:data", "dt:bc"]) == [
+    ("scaled_ql", significance.BEST), ("bc", significance.DATA), ("dt", "bc")
+  ]  # fmt: skip
+  with pytest.raises(cli.UserError, match="'scaled_ql' is not A:B"):
+    compare._parse_confirmatory(["scaled_ql"])

@@ -7,7 +7,8 @@
 - `tables`: lays the numbers out as Markdown, CSV and LaTeX tables;
 - `plots`: draws the PNG plots;
 - `scores`: normalised scores and their rliable aggregates with bootstrap CIs, power-law fits;
-- `compare`: per game, each run's latest evaluation beside the data it learned from.
+- `compare`: per game, each run's latest evaluation beside the data it learned from;
+- `significance`: `compare`'s verdicts: t-tests over runs (seeds), Holm-corrected by family.
 
 Nothing is imported here, so that `scaled_ql.report.scores` comes without matplotlib.
 """

@@ -232,7 +232,7 @@ def build_report(
           label,
           len(returns),
           f"{np.mean(returns):.1f}",
-          f"{np.std(returns):.1f}",
+          f"{np.std(returns, ddof=1):.1f}" if len(returns) > 1 else "—",
           "—" if hns is None else f"{100 * hns:.1f}%",
         ]
       )
@@ -294,7 +294,7 @@ def build_report(
   plots.plot_intervals(os.path.join(output, "iqm_ci.png"), estimates)
   plots.plot_per_game(os.path.join(output, "per_game.png"), per_game_hns)
   plots.plot_profiles(os.path.join(output, "performance_profile.png"), matrices, reps, seed)
-  plots.scaling(output, estimates, left_out)
+  plots.scaling(output, estimates, matrices, left_out, reps, seed)
   plots.plot_learning_curves(os.path.join(output, "finetune_curves.png"), curves)
   _write_index(output, loaded, left_out, protocol, task_bootstrap, reps)
   return left_out

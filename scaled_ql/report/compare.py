@@ -1,21 +1,21 @@
-r"""Per-game comparison of trained runs with the data they learned from.
+r"""Per-game comparison of trained runs with the data they learned from, with corrected verdicts.
 
   python -m scaled_ql.report.compare --runs=workdirs/local/scaled_ql,workdirs/local/bc \
       --data_dir=workdirs/local/replay
 
-Prints (and with --output writes as Markdown) one row per game: the behaviour policy's
-average score in the data (and, when the data has several checkpoints of a schedule of
-behaviour quality, the best checkpoint's average), then each method's latest evaluations:
-the runs of one method (its seeds) form one column, the mean of their per-run means with a
-95% bootstrap interval over runs and, within each run, episodes. Then, for each method, plain
-statements of where it scored above or below the data and the other methods: a difference
-counts only when its bootstrap interval excludes 0, and the rest is said to be within noise.
-It states what the runs measured, including when offline RL has not overtaken BC or the data.
+Prints (and with --output writes as Markdown) first the declared confirmatory family, then one
+row per game and one for the IQM of human-normalised scores: the behaviour policy's average
+score in the data (the mean of its checkpoints' means) and, when the data has several
+checkpoints of a schedule of behaviour quality, its best checkpoint's; then each method's latest
+evaluations, the runs of one method (its seeds) forming one column. Then the verdicts: for each
+pair of columns, where one scored above or below the other, from t-tests over runs that are
+Holm-corrected within the confirmatory family and within the exploratory one
+(`significance` has the procedure, docs/verdicts.md its simulated error rates). A column with
+one run gets no verdict; where no difference is detected, that is all that is said.
 """
 
 import collections
-import itertools
-import zlib
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,11 +24,19 @@ from etils import epath
 
 from scaled_ql import cli, games, runs
 from scaled_ql.data import dqn_replay
+from scaled_ql.report import significance
 
 _RUNS = flags.DEFINE_list("runs", None, "Run directories (trained and evaluated), or gs:// URIs.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Collector output with episodes.csv logs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this Markdown file.")
 _PROTOCOL = flags.DEFINE_enum("protocol", "dqn", ["dqn", "mgdt", "custom"], "Evaluations to use.")
+_CONFIRMATORY = flags.DEFINE_list(
+  "confirmatory",
+  ["scaled_ql:bc", "scaled_ql:best"],
+  "The confirmatory family, declared before the results: pairs A:B of methods, or of a method "
+  "and 'data' (the data's average) or 'best' (its best checkpoint); every game and the IQM.",
+)
+_REFERENCE_NAMES = {"data": significance.DATA, "best": significance.BEST}
 
 
 def _latest_results(workdir: str, protocol: str) -> runs.EvalResults:
@@ -44,38 +52,24 @@ def _latest_results(workdir: str, protocol: str) -> runs.EvalResults:
   return runs.latest(candidates)
 
 
-BOOTSTRAP_REPS = 2000
+def _run_path(path: str) -> str:
+  """A run directory's path in one spelling (a checkpoint `RUN/checkpoints/STEP` -> RUN)."""
+  path = path.split("/checkpoints/")[0].rstrip("/")
+  return path if runs.is_uri(path) else os.path.abspath(path)
 
 
-class Estimate:
-  """A mean over runs (each run's mean over its episodes) and its bootstrap distribution."""
-
-  def __init__(self, per_run: Sequence[Sequence[float]], key: str):
-    """Args: per_run, each run's episode returns; key, seeds the resampling (a table is the
-    same every time it is made)."""
-    samples = [np.asarray(x, np.float64) for x in per_run]
-    rng = np.random.default_rng(zlib.crc32(key.encode()))
-    reps = BOOTSTRAP_REPS
-    # [R, reps]: each run's mean over its episodes resampled; then runs resampled.
-    run_means = np.stack([x[rng.integers(0, len(x), (reps, len(x)))].mean(axis=1) for x in samples])
-    picked = rng.integers(0, len(samples), (reps, len(samples)))
-    self.draws = run_means[picked, np.arange(reps)[:, None]].mean(axis=1)  # [reps]
-    self.value = float(np.mean([x.mean() for x in samples]))
-    self.shape = (len(samples), sum(len(x) for x in samples))
-
-  def cell(self, runs_too: bool = True) -> str:
-    low, high = np.percentile(self.draws, [2.5, 97.5])
-    runs, episodes = self.shape
-    size = f"{runs}×{episodes // runs}" if runs_too else f"{episodes}"
-    if runs_too and episodes % runs:
-      size = f"{runs} runs, {episodes}"
-    return f"{self.value:.1f} [{low:.1f}, {high:.1f}] ({size})"
-
-
-def _verdict(a: Estimate, b: Estimate) -> int:
-  """+1 / -1 when a's mean is above / below b's with a difference interval excluding 0, else 0."""
-  low, high = np.percentile(a.draws - b.draws, [2.5, 97.5])
-  return 1 if low > 0 else -1 if high < 0 else 0
+def pair_keys(workdir: str, info: dict) -> frozenset:
+  """What pairs a run with runs of other columns: the same seed in the same directory of runs
+  (trained on the same data with the same batch order, evaluated on the same seeds), or one
+  built from the other (a Q-guided run's proposal, `init_from`, and its critic)."""
+  path = _run_path(workdir)
+  keys = {("run", path)}
+  if "seed" in info:
+    keys.add(("seed", os.path.dirname(path), info["seed"]))
+  sources = [(info.get("init_from") or {}).get("source"),
+             (info.get("method_config") or {}).get("critic_from")]  # fmt: skip
+  keys.update(("run", _run_path(s)) for s in sources if isinstance(s, str))
+  return frozenset(keys)
 
 
 def _hns(game: str, score: float) -> str:
@@ -84,81 +78,159 @@ def _hns(game: str, score: float) -> str:
   return f"{100 * games.human_normalized_score(game, score):.1f}%"
 
 
-def _summary(name: str, what: str, verdicts: dict[str, int]) -> str:
-  """One line: where `name` scored above, below or within noise of `what`."""
-  parts = []
-  for label, sign in (("above", 1), ("below", -1), ("within noise", 0)):
-    hit = [g for g, v in verdicts.items() if v == sign]
-    parts.append(f"{label} on {len(hit)}{' (' + ', '.join(hit) + ')' if hit else ''}")
-  return f"- {name} vs {what}: {', '.join(parts)} of {len(verdicts)} games."
+def _cell(cell: significance.Cell | None, percent: bool = False) -> str:
+  if cell is None:
+    return "—"
+  scale, unit = (100, "%") if percent else (1, "")
+  return (f"{scale * cell.value:.1f}{unit} [{scale * cell.low:.1f}, {scale * cell.high:.1f}] "
+          f"({cell.basis})")  # fmt: skip
 
 
-def compare(run_dirs: Sequence[str], data_dir: str | None, protocol: str = "dqn") -> str:
-  """The comparison as Markdown: a per-game table and the verdicts of each method."""
-  by_method = collections.defaultdict(list)  # method -> its runs' latest results
+def _p(p: float) -> str:
+  return "p_Holm<0.001" if p < 0.001 else f"p_Holm={p:.2g}"
+
+
+def _family_lines(family: str, comparisons: list[significance.Comparison]) -> list[str]:
+  """The family's size and guarantee, then one line per pair of columns."""
+  m = len(comparisons)
+  lines = [
+    f"{family.capitalize()} ({m} comparisons, Holm-corrected within them): the chance of one "
+    f"or more false verdicts among them is at most {significance.ALPHA:.0%}, where {m} "
+    f"uncorrected tests at {significance.ALPHA:.0%} would give {significance.ALPHA * m:.2f} "
+    "false verdicts on average by chance alone."
+  ]
+  by_pair = collections.defaultdict(list)
+  for c in comparisons:
+    by_pair[c.a, c.b].append(c)
+  for (a, b), tested in by_pair.items():
+    parts = []
+    for label, sign in (("above", 1), ("below", -1), ("no difference detected", 0)):
+      hit = [f"{c.row} {_p(c.p_holm)}" for c in tested
+             if c.verdict == sign and c.row != significance.IQM_ROW]  # fmt: skip
+      parts.append(f"{label} on {len(hit)}{' (' + ', '.join(hit) + ')' if hit else ''}")
+    num_games = sum(c.row != significance.IQM_ROW for c in tested)
+    text = (f"- {a} vs {b} ({'; '.join(sorted({c.design for c in tested}))}): "
+            f"{', '.join(parts)} of {num_games} games")  # fmt: skip
+    for c in (c for c in tested if c.row == significance.IQM_ROW):
+      label = {1: "above", -1: "below", 0: "no difference detected"}[c.verdict]
+      text += f"; IQM: {label} ({_p(c.p_holm)})"
+    lines.append(text + ".")
+  return lines
+
+
+def _read_columns(run_dirs, protocol):
+  """({method: [significance.Run]}, {method: [EvalResults]}), a method's runs in one column."""
+  columns, results = collections.defaultdict(list), collections.defaultdict(list)
   for d in run_dirs:
-    by_method[runs.read_run_info(d)["method"]].append(_latest_results(d, protocol))
-  names = list(by_method)
-  game_names = sorted({g for rs in by_method.values() for r in rs for g in r.games})
-  by_suffix = {}  # game -> {suffix: episode scores}, for the games whose data logged episodes
+    info = runs.read_run_info(d)
+    result = _latest_results(d, protocol)
+    results[info["method"]].append(result)
+    columns[info["method"]].append(significance.Run(
+      {g: np.asarray(r.returns, np.float64) for g, r in result.games.items() if r.returns},
+      pair_keys(d, info)))  # fmt: skip
+  return columns, results
+
+
+def _read_data(data_dir, game_names):
+  """game -> {checkpoint suffix: episode returns}, for the games whose data logged episodes."""
+  data = {}
   for game in game_names if data_dir else ():
     try:
-      by_suffix[game] = dqn_replay.read_episode_returns(data_dir, game)
+      data[game] = dqn_replay.read_episode_returns(data_dir, game)
     except dqn_replay.DataError as e:
       logging.warning("no data column for %s: %s", game, e)
-  by_suffix = {game: by_game for game, by_game in by_suffix.items() if by_game}
-  # With a schedule of behaviour quality (several checkpoints), also the best checkpoint's.
-  show_best = any(len(by_game) > 1 for by_game in by_suffix.values())
-  header = ["Game", "Data (behaviour)"] + (["Data, best checkpoint"] if show_best else [])
-  for name, rs in by_method.items():
+  return {game: by_suffix for game, by_suffix in data.items() if by_suffix}
+
+
+def _table_lines(table: significance.Table, results) -> list[str]:
+  """The Markdown table: a row per game and the IQM row; the data's columns, then the methods'."""
+  references = [significance.DATA] + ([significance.BEST] if table.best_checkpoint else [])
+  header = ["Game", "Data (behaviour)"] + (["Data, best checkpoint"] if table.best_checkpoint
+                                           else [])  # fmt: skip
+  for name, rs in results.items():
     steps = "/".join(str(s) for s in sorted({r.checkpoint_step for r in rs}))
     header += [f"{name} @ step {steps}", f"{name} HNS"]
-  rows, data, best, estimates = [], {}, {}, {name: {} for name in names}
-  for game in game_names:
-    row = [game]
-    if game in by_suffix:
-      data[game] = Estimate([np.concatenate(list(by_suffix[game].values()))], f"data/{game}")
-      row.append(data[game].cell(runs_too=False))
-      if show_best:
-        k = max(by_suffix[game], key=lambda k: np.mean(by_suffix[game][k]))
-        best[game] = Estimate([by_suffix[game][k]], f"best/{game}")
-        row.append(f"{best[game].cell(runs_too=False)} [ckpt {k}]")
-    else:
-      row += ["—"] * (1 + show_best)
-    for name, rs in by_method.items():
-      per_run = [r.games[game].returns for r in rs if game in r.games and r.games[game].returns]
-      if not per_run:
-        row += ["—", "—"]
-        continue
-      estimate = estimates[name][game] = Estimate(per_run, f"{name}/{game}")
-      row += [estimate.cell(), _hns(game, estimate.value)]
-    rows.append(row)
-
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(row) + " |" for row in rows]
-  lines.append("")
-  for name in names:
-    for what, reference in (("the data's average", data), ("the data's best checkpoint", best)):
-      if reference:
-        common = [g for g in reference if g in estimates[name]]
-        verdicts = {g: _verdict(estimates[name][g], reference[g]) for g in common}
-        lines.append(_summary(name, what, verdicts))
-  for a, b in itertools.combinations(names, 2):
-    common = [g for g in game_names if g in estimates[a] and g in estimates[b]]
-    verdicts = {g: _verdict(estimates[a][g], estimates[b][g]) for g in common}
-    lines.append(_summary(a, b, verdicts))
-  results = [r for rs in by_method.values() for r in rs]
-  protocols = {r.protocol_name for r in results}
-  lines.append(
-    "- Cells: mean [95% bootstrap interval] (runs × episodes per run); a method's value is "
-    "the mean of its runs' means. A difference counts when its interval excludes 0 "
-    f"({BOOTSTRAP_REPS} resamples of runs, then of each run's episodes)."
-  )
-  lines.append(
-    f"- Evaluation protocol: {', '.join(sorted(protocols))}; epsilon "
-    f"{results[0].epsilon}; ALE {results[0].ale_version}."
-  )
+  for row in table.rows:
+    aggregate = row == significance.IQM_ROW
+    cells = [row] + [_cell(table.cells.get((ref, row)), aggregate) for ref in references]
+    if row in table.best_checkpoint:
+      cells[-1] += f" [ckpt {table.best_checkpoint[row]}]"
+    for name in results:
+      cell = table.cells.get((name, row))
+      if aggregate:
+        cells += ["—", _cell(cell, percent=True)]
+      else:
+        cells += [_cell(cell), "—" if cell is None else _hns(row, cell.value)]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
+def _verdict_lines(table: significance.Table) -> list[str]:
+  """The verdicts, family by family, then the pairs without a verdict and why."""
+  lines = []
+  for family in ("confirmatory", "exploratory"):
+    members = [c for c in table.comparisons if c.family == family]
+    if members:
+      lines += _family_lines(family, members)
+  untested = collections.defaultdict(list)  # why -> the pairs without a verdict for it
+  for a, b, _, why in table.untested:
+    if (a, b) not in untested[why]:
+      untested[why].append((a, b))
+  for why, pairs in untested.items():
+    lines.append(f"- No verdict where {why} ({', '.join(f'{a} vs {b}' for a, b in pairs)}): a "
+                 f"verdict needs {significance.MIN_RUNS} or more runs (pairs of runs where "
+                 "paired) on a row.")  # fmt: skip
+  return lines
+
+
+def compare(
+  run_dirs: Sequence[str],
+  data_dir: str | None,
+  protocol: str = "dqn",
+  confirmatory: Sequence[tuple[str, str]] = significance.CONFIRMATORY,
+) -> str:
+  """The comparison as Markdown: the confirmatory family, the table and the verdicts."""
+  columns, results = _read_columns(run_dirs, protocol)
+  game_names = sorted({g for rs in columns.values() for r in rs for g in r.returns})
+  table = significance.compare_columns(columns, _read_data(data_dir, game_names), confirmatory)
+  declared = " and ".join(f"{a} vs {b}" for a, b in confirmatory)
+  lines = [
+    f"Confirmatory family, declared before the results: {declared}, on each game and on the "
+    "IQM of human-normalised scores; every other comparison is exploratory. Each family is "
+    f"Holm-corrected to a {significance.ALPHA:.0%} family-wise error rate.",
+    "",
+    *_table_lines(table, results),
+    "",
+    *_verdict_lines(table),
+  ]
+  protocols = {r.protocol_name for rs in results.values() for r in rs}
+  first = next(iter(results.values()))[0]
+  lines += [
+    "- Cells: mean [95% interval] (what it rests on). A method's value is the mean of its runs' "
+    "means: with 2 or more runs the interval is a t interval over runs (seeds); with 1 run it is "
+    "a bootstrap interval over its episodes, which says nothing of another seed. The data's "
+    "average is the mean of its checkpoints' means; its best checkpoint is chosen inside each "
+    f"of {significance.BOOTSTRAP_REPS} resamples of its episodes. The IQM row: per run, the 25% "
+    "trimmed mean over games of human-normalised means.",
+    "- Verdicts: two-sided t-tests over runs (paired where runs share a seed and directory or "
+    "one was built from the other), Holm-adjusted p-values; 'no difference detected' is not "
+    "evidence of equal scores: with few runs only large differences can be detected "
+    "(docs/verdicts.md).",
+    f"- Evaluation protocol: {', '.join(sorted(protocols))}; epsilon {first.epsilon}; "
+    f"ALE {first.ale_version}.",
+  ]
   return "\n".join(lines)
+
+
+def _parse_confirmatory(pairs: Sequence[str]) -> list[tuple[str, str]]:
+  parsed = []
+  for pair in pairs:
+    a, sep, b = pair.partition(":")
+    if not sep or not a or not b:
+      raise cli.UserError(f"--confirmatory: '{pair}' is not A:B (e.g. scaled_ql:bc).")
+    parsed.append((_REFERENCE_NAMES.get(a, a), _REFERENCE_NAMES.get(b, b)))
+  return parsed
 
 
 def main() -> None:
@@ -167,7 +239,8 @@ def main() -> None:
   for run_dir in _RUNS.value:
     if not epath.Path(run_dir).is_dir():
       raise cli.UserError(f"--runs: {run_dir} does not exist.")
-  table = compare(_RUNS.value, _DATA_DIR.value, _PROTOCOL.value)
+  confirmatory = _parse_confirmatory(_CONFIRMATORY.value)
+  table = compare(_RUNS.value, _DATA_DIR.value, _PROTOCOL.value, confirmatory)
   print(table)
   if _OUTPUT.value:
     epath.Path(_OUTPUT.value).write_text(table + "\n")

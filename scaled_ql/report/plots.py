@@ -90,15 +90,27 @@ def plot_profiles(path, matrices, reps, seed):
   plt.close(fig)
 
 
-def scaling(output, estimates, left_out):
-  """IQM vs parameters per (method, data quality), with a power-law fit where possible."""
+def scaling(output, estimates, matrices, left_out, reps=2000, seed=0):
+  """IQM vs parameters per (method, data quality), with a power-law fit where possible.
+
+  Every size left out of a fit is named in `left_out`; r^2 is written only with 3 or more
+  sizes; the exponent's 95% interval resamples the runs within each size and refits.
+
+  Args:
+    output: the report directory (scaling.png, scaling.csv).
+    estimates: group -> metric -> scores.Estimate (`build`).
+    matrices: group -> float [num_runs, num_games], the runs behind each estimate.
+    left_out: notes of what the fit could not use, appended to.
+    reps: bootstrap resamples of the exponent.
+    seed: seeds them.
+  """
   series = collections.defaultdict(list)
   for group, est in estimates.items():
     if group[2]:
-      series[group[:2]].append((group[2], est["iqm"]))
+      series[group[:2]].append((group[2], est["iqm"], matrices[group]))
   fig, ax = plt.subplots(figsize=(6, 4))
   rows = []
-  for (method, quality), points in sorted(series.items()):
+  for (method, quality), points in sorted(series.items(), key=lambda kv: kv[0]):
     points.sort(key=lambda p: p[0])
     n = np.array([p[0] for p in points], np.float64)
     iqm = np.array([p[1].value for p in points])
@@ -106,30 +118,46 @@ def scaling(output, estimates, left_out):
     label = f"{tables.METHOD_NAMES.get(method, method)} ({quality})"
     bars = ax.errorbar(n, 100 * iqm, yerr=100 * err, fmt="o", capsize=3, label=label)
     positive = iqm > 0
+    for size, value in zip(n[~positive], iqm[~positive], strict=True):
+      left_out.append(f"scaling fit {label}: size {size:.0f} left out (IQM {value:.3f} <= 0)")
+    runs_per_size = "/".join(str(len(p[2])) for p, keep in zip(points, positive, strict=True)
+                             if keep)  # fmt: skip
     if len(np.unique(n[positive])) < 2:
       left_out.append(
         f"scaling fit {label}: needs >= 2 model sizes with IQM > 0, have "
         f"{int(positive.sum())} of {len(n)} sizes"
       )
-      rows.append([method, quality, len(n), "—", "—", "—"])
+      rows.append([method, quality, int(positive.sum()), int((~positive).sum()), runs_per_size]
+                  + ["—"] * 5)  # fmt: skip
       continue
     fit = scores.fit_power_law(n[positive], iqm[positive])
+    low, high, num_fitted = scores.power_law_exponent_interval(
+      n[positive], [p[2] for p, keep in zip(points, positive, strict=True) if keep],
+      reps=reps, seed=seed,
+    )  # fmt: skip
+    if num_fitted < reps:
+      left_out.append(f"scaling fit {label}: exponent interval from {num_fitted} of {reps} "
+                      "resamples (in the others a size's IQM was <= 0)")  # fmt: skip
     grid = np.geomspace(n.min(), n.max(), 50)
     ax.plot(
       grid,
       100 * fit.coefficient * grid**fit.exponent,
       color=bars[0].get_color(),
       ls="--",
-      label=f"{label} fit: exponent {fit.exponent:.3f}",
+      label=f"{label} fit: exponent {fit.exponent:.3f} [{low:.3f}, {high:.3f}]",
     )
     rows.append(
       [
         method,
         quality,
         fit.num_points,
+        int((~positive).sum()),
+        runs_per_size,
         f"{fit.exponent:.4f}",
+        f"{low:.4f}",
+        f"{high:.4f}",
         f"{fit.coefficient:.4g}",
-        f"{fit.r_squared:.3f}",
+        "—" if np.isnan(fit.r_squared) else f"{fit.r_squared:.3f}",
       ]
     )
   ax.set_xscale("log")
@@ -137,16 +165,16 @@ def scaling(output, estimates, left_out):
     ax.set_yscale("log")  # A power law is a straight line in log-log axes.
   ax.set_xlabel("parameters")
   ax.set_ylabel("IQM human-normalised score (%)")
-  ax.set_title("score = a * params^b (fit on IQM > 0)")
+  ax.set_title("score = a * params^b (fit on IQM > 0; exponent [95% CI])")
   if series:
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(os.path.join(output, "scaling.png"), dpi=100)
   plt.close(fig)
+  header = ["method", "data_quality", "num_sizes", "num_sizes_dropped", "runs_per_size",
+            "exponent", "exponent_ci_low", "exponent_ci_high", "coefficient", "r_squared"]  # fmt: skip
   with open(os.path.join(output, "scaling.csv"), "w", newline="") as f:
-    csv.writer(f).writerows(
-      [["method", "data_quality", "num_sizes", "exponent", "coefficient", "r_squared"], *rows]
-    )
+    csv.writer(f).writerows([header, *rows])
 
 
 SMOOTHING_POINTS = 5  # Smoothed curves: a running mean over this many logged points.

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 from rliable import library as rly
 from rliable import metrics
+from scipy import stats
 
 METRICS = ("iqm", "median", "mean", "optimality_gap")
 
@@ -41,7 +42,7 @@ class PowerLaw:
 
   coefficient: float
   exponent: float
-  r_squared: float
+  r_squared: float  # NaN below 3 points: a line through 2 points fits them exactly.
   num_points: int
 
 
@@ -266,7 +267,7 @@ def fit_power_law(num_params: Sequence[float], scores: Sequence[float]) -> Power
     scores: [P] aggregate scores (e.g. IQM human-normalised), > 0.
 
   Returns:
-    The fitted PowerLaw, with the r^2 of the log-log fit.
+    The fitted PowerLaw, with the r^2 of the log-log fit (NaN with fewer than 3 sizes).
   """
   x = np.asarray(num_params, np.float64)
   y = np.asarray(scores, np.float64)
@@ -278,7 +279,49 @@ def fit_power_law(num_params: Sequence[float], scores: Sequence[float]) -> Power
     raise ValueError(f"Need at least two distinct model sizes to fit a power law, got {x}.")
   log_x, log_y = np.log(x), np.log(y)
   exponent, intercept = np.polyfit(log_x, log_y, 1)
-  residual = log_y - (intercept + exponent * log_x)
-  total = np.sum((log_y - log_y.mean()) ** 2)
-  r_squared = 1.0 - np.sum(residual**2) / total if total > 0 else 1.0
+  r_squared = np.nan  # A line through 2 points fits them exactly: no r^2 below 3.
+  if len(x) >= 3:
+    residual = log_y - (intercept + exponent * log_x)
+    total = np.sum((log_y - log_y.mean()) ** 2)
+    r_squared = 1.0 - np.sum(residual**2) / total if total > 0 else 1.0
   return PowerLaw(float(np.exp(intercept)), float(exponent), float(r_squared), int(len(x)))
+
+
+def power_law_exponent_interval(
+  num_params: Sequence[float],
+  matrices: Sequence[np.ndarray],
+  *,
+  reps: int = 2000,
+  confidence: float = 0.95,
+  seed: int = 0,
+) -> tuple[float, float, int]:
+  """A percentile bootstrap interval of the fitted exponent: runs resampled within each size,
+  the IQM of each size recomputed and the power law refitted.
+
+  Args:
+    num_params: [P] model sizes, > 0.
+    matrices: [P] score matrices, float [num_runs_p, num_games] (the runs of each size).
+    reps: bootstrap resamples.
+    confidence: coverage of the interval.
+    seed: seeds the resampling.
+
+  Returns:
+    (low, high, num_fitted): the interval over the `num_fitted` resamples in which every size's
+    IQM stayed > 0 (a power law is fitted in log space); NaNs when there were none.
+  """
+  rng = np.random.default_rng(seed)
+  iqms = np.stack(
+    [
+      stats.trim_mean(m[rng.integers(0, len(m), (reps, len(m)))].reshape(reps, -1), 0.25, axis=1)
+      for m in matrices
+    ]
+  )  # [P, reps]: rliable's IQM (pooled over runs x games) of each resample.
+  fitted = np.all(iqms > 0, axis=0)
+  if not fitted.any():
+    return np.nan, np.nan, 0
+  log_x = np.log(np.asarray(num_params, np.float64))[:, None] - np.mean(np.log(num_params))
+  log_y = np.log(iqms[:, fitted])
+  exponents = np.sum(log_x * (log_y - log_y.mean(axis=0)), axis=0) / np.sum(log_x**2)
+  tail = 50 * (1 - confidence)
+  low, high = np.percentile(exponents, [tail, 100 - tail])
+  return float(low), float(high), int(fitted.sum())

@@ -127,7 +127,7 @@ def finetune_table(output, name, runs, dqn_reference):
       else:
         norm = None
       row += [
-        f"{mean:.1f} ± {np.std(vals):.1f}",
+        f"{mean:.1f} ± {np.std(vals, ddof=1):.1f}" if len(vals) > 1 else f"{mean:.1f} ± —",
         "—" if norm is None else f"{100 * norm:.1f}%",
         len(vals),
       ]
