@@ -2,8 +2,12 @@
 # The baselines beside a Scaled QL run, with its games, data selection, network, batch and
 # gradient steps (its operative_config.gin), then one table of every method:
 #   bc            behaviour cloning (reused when WORKDIR/bc exists: launch/local.sh trains it)
-#   filtered_bc   BC on the top 10% of episodes by return (gin/methods/filtered_bc.gin)
-#   dt            the Multi-Game Decision Transformer (gin/methods/dt.gin + DT_MODEL)
+#   sampled_bc    BC's policy drawing its action from its softmax (0 steps): what q_guided_bc
+#                 plays with k = 1, so re-ranking and sampling can be told apart
+#   filtered_bc   BC on the best episodes filling 10% of the rows (%BC; methods/filtered_bc.gin)
+#   dt            the Multi-Game Decision Transformer (gin/methods/dt.gin + DT_MODEL), acting
+#                 as MGDT's notebook does (sampled actions)
+#   dt_argmax     the DT run's policy playing its argmax action, as BC and Scaled QL do (0 steps)
 #   q_guided_bc   BC's sampled actions re-ranked by the Scaled QL run's Q (PA-RL; 0 steps)
 #   q_guided_dt   the DT's sampled actions re-ranked likewise
 # By default on the embedded default's run (`bash launch/local.sh` first): measured 72 minutes
@@ -16,7 +20,8 @@
 #                                      `SEEDS="0 1 2" bash launch/local.sh` names them) and
 #                                      writes WORKDIR/METHOD_seedS
 #   WORKDIR=<SQL_RUN's parent>         the runs (WORKDIR/METHOD) and WORKDIR/report
-#   METHODS="bc filtered_bc dt q_guided_bc q_guided_dt"
+#   METHODS="bc sampled_bc filtered_bc dt dt_argmax q_guided_bc q_guided_dt" (in this order:
+#                                      a 0-step method needs its trained one before it)
 #   DT_MODEL=models/dt_cpu.gin         the DT's shape (models/dt_200m.gin: MGDT's largest)
 #   BINDINGS=                          extra gin bindings for every run, ';'-separated
 #   DATA_DIR=                          the raw DQN Replay logs, for the data's own scores in
@@ -31,7 +36,7 @@ PY=.venv/bin/python
 SQL_RUN=${SQL_RUN:-workdirs/local/scaled_ql}
 SQL_RUN=${SQL_RUN%/}
 WORKDIR=${WORKDIR:-$(dirname "$SQL_RUN")}
-METHODS=${METHODS:-bc filtered_bc dt q_guided_bc q_guided_dt}
+METHODS=${METHODS:-bc sampled_bc filtered_bc dt dt_argmax q_guided_bc q_guided_dt}
 DT_MODEL=${DT_MODEL:-models/dt_cpu.gin}
 DATA_DIR=${DATA_DIR:-$WORKDIR/replay}
 SEEDS=${SEEDS:-0}
@@ -45,9 +50,10 @@ for seed in $SEEDS; do
   fi
 done
 for method in $METHODS; do
-  case $method in bc | filtered_bc | dt | q_guided_bc | q_guided_dt) ;;
+  case $method in bc | sampled_bc | filtered_bc | dt | dt_argmax | q_guided_bc | q_guided_dt) ;;
   *)
-    echo "error: METHODS has '$method'; valid: bc filtered_bc dt q_guided_bc q_guided_dt" >&2
+    echo "error: METHODS has '$method'; valid: bc sampled_bc filtered_bc dt dt_argmax" \
+      "q_guided_bc q_guided_dt" >&2
     exit 2
     ;;
   esac
@@ -74,6 +80,10 @@ for seed in $SEEDS; do
   for method in $METHODS; do
     case $method in
     dt) train "$sql" "dt$suffix" dt --gin_file="$DT_MODEL" ;;
+    sampled_bc) train "$sql" "sampled_bc$suffix" sampled_bc \
+      --gin_bindings="PROPOSAL = '$WORKDIR/bc$suffix'" ;;
+    dt_argmax) train "$sql" "dt_argmax$suffix" dt_argmax --gin_file="$DT_MODEL" \
+      --gin_bindings="PROPOSAL = '$WORKDIR/dt$suffix'" ;;
     q_guided_bc | q_guided_dt)
       model=()
       [ "$method" = q_guided_dt ] && model=(--gin_file="$DT_MODEL")

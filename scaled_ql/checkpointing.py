@@ -32,7 +32,13 @@ def has_checkpoint(workdir: str) -> bool:
   Finished as orbax sees it: locally a step directory renamed into place, in a bucket (where
   orbax writes in place) one holding its commit marker.
   """
-  return bool(ocp.utils.checkpoint_steps(checkpoint_dir(workdir)))
+  return latest_step(workdir) is not None
+
+
+def latest_step(workdir: str) -> int | None:
+  """The workdir's latest finished checkpoint's step (see `has_checkpoint`), or None."""
+  steps = ocp.utils.checkpoint_steps(checkpoint_dir(workdir))
+  return max(steps) if steps else None
 
 
 class CheckpointMismatchError(ValueError):

@@ -4,8 +4,10 @@ what was played.
     OnlineSource(game_names=[G], ..., variant=K) as the trainer's `dataset_fn`:
       warm-up: `warmup_env_steps` of uniformly random play into the replay buffer;
       then per gradient step: `env_steps_per_grad_step` environment steps with the learner's
-      current policy, epsilon-greedy on a linear schedule over environment steps, then the
-      step's batch from the buffer (`data.replay_buffer.ReplayBuffer`).
+      current policy, epsilon-greedy on a linear schedule over the environment steps after
+      the warm-up (dopamine's `linearly_decaying_epsilon`: epsilon_start through the warm-up,
+      then a linear fall to epsilon_end), then the step's batch from the buffer
+      (`data.replay_buffer.ReplayBuffer`).
 
 Environment steps count every environment's steps (8 envs stepped once = 8). The source's
 checkpointed state is the buffer's rows and the environment-step count, so a resumed run keeps
@@ -60,7 +62,8 @@ class OnlineSource(source.DataSource):
       env_steps_per_grad_step: environment steps (all envs together) per gradient step; a
         multiple of num_envs. 4 is DQN's (and dopamine's) one update per 4 agent steps.
       warmup_env_steps: random-play environment steps before the first batch.
-      epsilon_start, epsilon_end, epsilon_decay_env_steps: the linear exploration schedule.
+      epsilon_start, epsilon_end, epsilon_decay_env_steps: the linear exploration schedule,
+        counted from the end of the warm-up.
       n_step, gamma: the transitions' return horizon and discount.
       max_episode_steps: the episode cap (the DQN Replay protocol's 27,000 by default).
     """
@@ -97,9 +100,10 @@ class OnlineSource(source.DataSource):
     self._env = None
 
   def epsilon(self) -> float:
-    """The exploration rate at the current environment step."""
+    """The exploration rate at the current environment step (the decay starts after the
+    warm-up, as dopamine's does)."""
     start, end, decay = self._schedule
-    return start + (end - start) * min(1.0, self.env_steps / decay)
+    return start + (end - start) * min(1.0, max(0, self.env_steps - self._warmup) / decay)
 
   def iterate(self, start_step, current_policy=None):
     """Plays, then yields batch(start_step), batch(start_step + 1), ... (see the module doc)."""

@@ -43,8 +43,10 @@ class TransformerConfig:
     return_range: (low, high) clipped-reward returns-to-go; one class per integer, values
       outside are clipped (MGDT: -20..100).
     dropout_rate: dropout after attention and MLP while training.
-    single_return_token: keep only the first step's return-to-go token (MGDT's released model);
-      the later steps' return tokens are masked out.
+    single_return_token: keep only the first step's return-to-go token (MGDT's released model):
+      the later steps' return tokens are zeroed before the first block (their position
+      embedding included) and no token attends to them, themselves included, so nothing
+      downstream depends on the later returns.
   """
 
   num_layers: int = 10
@@ -107,7 +109,8 @@ def attention_mask(config: TransformerConfig) -> np.ndarray:
   """bool [S, S], S = T * tokens_per_step: query i may attend to key j.
 
   Causal, except that the patches of one frame see each other; with `single_return_token`
-  no token sees the return-to-go tokens of steps after the first (each still sees itself).
+  no token sees the return-to-go tokens of steps after the first, not even themselves (the
+  notebook's padding mask hides a key from every query).
   """
   size = config.context_steps * config.tokens_per_step
   position = np.arange(size)
@@ -116,9 +119,15 @@ def attention_mask(config: TransformerConfig) -> np.ndarray:
   mask = position[None, :] <= position[:, None]
   mask |= (step[:, None] == step[None, :]) & is_patch[:, None] & is_patch[None, :]
   if config.single_return_token:
-    late_return = (slot == config.num_patches) & (step > 0)
-    mask &= ~late_return[None, :] | (position[:, None] == position[None, :])
+    mask &= ~late_returns(config)[None, :]
   return mask
+
+
+def late_returns(config: TransformerConfig) -> np.ndarray:
+  """bool [S]: the return-to-go tokens that `single_return_token` removes (steps 1..T-1)."""
+  position = np.arange(config.context_steps * config.tokens_per_step)
+  step, slot = position // config.tokens_per_step, position % config.tokens_per_step
+  return (slot == config.num_patches) & (step > 0) & config.single_return_token
 
 
 class PatchEmbedding(hk.Module):
@@ -213,7 +222,9 @@ class DecisionTransformer(hk.Module):
     ]  # fmt: skip  each [B, T, D]
     tokens = jnp.concatenate([patches, *(x[:, :, None] for x in per_step)], axis=2)
     tokens = tokens.reshape(batch, steps * config.tokens_per_step, width)
-    return tokens + hk.get_parameter("position", tokens.shape[1:], init=init)
+    tokens += hk.get_parameter("position", tokens.shape[1:], init=init)
+    # The removed return tokens carry nothing, not even their position (as in the notebook).
+    return jnp.where(late_returns(config)[:, None], 0.0, tokens)
 
   def __call__(self, obs, return_bins, actions, reward_classes, is_training: bool):
     """Args: obs uint8 [B, 84, 84, T]; return_bins, actions (full-set ids), reward_classes

@@ -1,5 +1,7 @@
 """The Decision Transformer: token layout and mask, tokenisation, action maps, learning, acting."""
 
+import dataclasses
+
 import haiku as hk
 import jax
 import numpy as np
@@ -47,10 +49,13 @@ def test_mask_is_block_causal():
   r, a, w = 4, 5, 6
   assert mask[r, :4].all() and mask[a, r] and mask[w, a]
   assert not mask[r, a] and not mask[a, w] and not mask[r, w]
-  # With a single return token only the first step's return can be seen.
+  # With a single return token only the first step's return can be seen: no token sees a
+  # later one, not even itself (the notebook hides a masked key from every query).
   single = transformer.attention_mask(transformer.TransformerConfig(patch_size=42))
-  assert single[8, r] and not single[per_step + a, per_step + r]
-  assert single[per_step + r, per_step + r]  # each token still sees itself
+  assert single[8, r] and single[r, r]
+  later_returns = [t * per_step + r for t in range(1, 4)]
+  assert not single[:, later_returns].any()
+  assert single[per_step + r, : per_step + r].any()  # the read-out there still sees the past
 
 
 def test_network_outputs_do_not_depend_on_later_steps():
@@ -65,18 +70,108 @@ def test_network_outputs_do_not_depend_on_later_steps():
   np.testing.assert_allclose(out.action_logits[:, :2], changed.action_logits[:, :2], atol=1e-6)
   np.testing.assert_allclose(out.return_logits[:, :2], changed.return_logits[:, :2], atol=1e-6)
   assert not np.allclose(out.return_logits[:, 2], changed.return_logits[:, 2])
-  # The action read-out sees the step's return-to-go; the return read-out does not.
+  # With a return token per step, the action read-out sees the step's return-to-go; the
+  # return read-out does not.
+  every_return = transformer.make_network(dataclasses.replace(TINY, single_return_token=False))
   returns = zeros.copy()
   returns[:, 3] = 7
-  moved = network.apply(params, None, batch.obs, returns, zeros, zeros)
-  np.testing.assert_allclose(out.return_logits[:, 3], moved.return_logits[:, 3], atol=1e-6)
-  assert not np.allclose(out.action_logits[:, 3], moved.action_logits[:, 3])
+  before, moved = (every_return.apply(params, None, batch.obs, r, zeros, zeros)
+                   for r in (zeros, returns))  # fmt: skip
+  np.testing.assert_allclose(before.return_logits[:, 3], moved.return_logits[:, 3], atol=1e-6)
+  assert not np.allclose(before.action_logits[:, 3], moved.action_logits[:, 3])
   # The reward read-out sees the step's action; the action read-out does not.
   actions = zeros.copy()
   actions[:, 3] = 2
   acted = network.apply(params, None, batch.obs, zeros, actions, zeros)
   np.testing.assert_allclose(out.action_logits[:, 3], acted.action_logits[:, 3], atol=1e-6)
   assert not np.allclose(out.reward_logits[:, 3], acted.reward_logits[:, 3])
+
+
+@pytest.mark.parametrize("is_training", [False, True])
+def test_later_return_bins_change_no_output_with_a_single_return_token(is_training):
+  # The released model reads only step 0's return: the later return tokens must carry
+  # nothing, in training (dropout on) and acting alike, whatever classes they hold.
+  config = dataclasses.replace(TINY, dropout_rate=0.1)
+  network = transformer.make_network(config)
+  batch = _windows(4)
+  rng = np.random.default_rng(3)
+  actions = rng.integers(0, 18, (4, 4)).astype(np.int32)
+  rewards = rng.integers(0, 4, (4, 4)).astype(np.int32)
+  returns = rng.integers(0, 121, (4, 4)).astype(np.int32)
+  params = network.init(jax.random.PRNGKey(0), batch.obs, returns, actions, rewards)
+  key = jax.random.PRNGKey(7)
+  out = network.apply(params, key, batch.obs, returns, actions, rewards, is_training)
+  for other in (np.zeros_like(returns[:, 1:]), rng.integers(0, 121, (4, 3))):
+    changed = returns.copy()
+    changed[:, 1:] = other
+    moved = network.apply(params, key, batch.obs, changed, actions, rewards, is_training)
+    for got, want in zip(moved, out, strict=True):
+      np.testing.assert_allclose(got, want, atol=1e-6)
+  # Step 0's return is read: the action read-outs of every step move with it.
+  changed = returns.copy()
+  changed[:, 0] = (changed[:, 0] + 40) % 121
+  moved = network.apply(params, key, batch.obs, changed, actions, rewards, is_training)
+  for t in range(4):
+    assert not np.allclose(moved.action_logits[:, t], out.action_logits[:, t])
+
+
+class _RecordingNetwork:
+  """The network with every `apply`'s inputs kept (obs, return bins, actions, rewards)."""
+
+  def __init__(self, network):
+    self._network, self.calls = network, []
+
+  def apply(self, params, rng, obs, return_bins, actions, reward_classes, is_training=False):
+    self.calls.append(tuple(np.asarray(x) for x in (obs, return_bins, actions, reward_classes)))
+    return self._network.apply(params, rng, obs, return_bins, actions, reward_classes, is_training)
+
+
+def _episode(length, seed=0):
+  """A Breakout episode's (stacked observations [L, 84, 84, 4], minimal actions, clipped
+  rewards), with the zero frames before its first frame that the data and the actor have."""
+  rng = np.random.default_rng(seed)
+  frames = np.concatenate([np.zeros((3, 84, 84), np.uint8),
+                           rng.integers(1, 256, (length, 84, 84), dtype=np.uint8)])  # fmt: skip
+  obs = np.stack([np.moveaxis(frames[i : i + 4], 0, -1) for i in range(length)])
+  return obs, rng.integers(0, 4, length).astype(np.int32), rng.choice([0.0, 1.0], length)
+
+
+@pytest.mark.parametrize("t", [1, 6])  # an episode's second step (2 padding steps) and later
+def test_acting_gives_the_network_a_training_windows_inputs_but_step_0s_return(t):
+  method = DecisionTransformer(transformer=TINY)
+  tables = decision_transformer.action_tables(GAMES)
+  recorder = _RecordingNetwork(transformer.make_network(TINY))
+  learner = method.build(GAMES)
+  params = jax.jit(learner.init)(jax.random.PRNGKey(0))
+  obs, actions, rewards = _episode(t + 1)
+  # The training window of steps t-3..t (steps before the episode are padding rows).
+  rows = np.arange(t - 3, t + 1)
+  real = rows >= 0
+  pick = lambda x: np.where(real, x[np.maximum(rows, 0)], 0)  # noqa: E731
+  window = types.WindowBatch(
+    obs=obs[t][None], action=pick(actions)[None].astype(np.int32),
+    reward=pick(rewards)[None].astype(np.float32),
+    return_to_go=np.where(real, np.cumsum(rewards[::-1])[::-1][np.maximum(rows, 0)],
+                          rewards.sum())[None].astype(np.float32),
+    terminal=np.zeros((1, 4), bool), padding=~real[None], game_id=np.zeros(1, np.int32),
+  )  # fmt: skip
+  method._make_loss(recorder, tables, len(GAMES))(params, None, window, jax.random.PRNGKey(1))
+  trained = recorder.calls[-1]
+  # The policy acting through the same steps of the episode, with its own context.
+  policy = decision_transformer.DTPolicy(
+    lambda p, rng, batch, k: method._sample(recorder, p, rng, batch, tables, k), params
+  )
+  for i in range(t + 1):
+    recorder.calls.clear()
+    policy.sample_actions(obs[i][None], np.zeros(1, np.int32), 1)
+    policy.observe(actions[i : i + 1], rewards[i : i + 1], np.zeros(1, bool))
+  acted = recorder.calls[-1]  # the call whose action read-out is played
+  np.testing.assert_array_equal(acted[0], trained[0])  # frames
+  np.testing.assert_array_equal(acted[1][:, 1:], trained[1][:, 1:])  # later return classes
+  # Actions and rewards of the steps before the acted one; the acted step's own action and
+  # reward come after its action read-out (the causal test shows they cannot reach it).
+  np.testing.assert_array_equal(acted[2][:, :3], trained[2][:, :3])
+  np.testing.assert_array_equal(acted[3][:, :3], trained[3][:, :3])
 
 
 def test_patches_and_attention_equal_haikus_conv_and_attention_on_the_same_parameters():
@@ -167,6 +262,93 @@ def test_returns_are_drawn_towards_high_returns():
   assert float(best_of_8.mean()) > 100  # the max of 8 uniform draws: 120 * 8/9 = ~107
 
 
+def _notebook_cross_entropy(logits, labels):
+  """MGDT notebook's `cross_entropy`: the mean over every axis, the class axis included."""
+  one_hot = np.eye(logits.shape[-1])[labels]
+  return float(np.mean(-one_hot * jax.nn.log_softmax(logits)))
+
+
+def test_the_loss_is_the_notebooks_sequence_loss():
+  # No padding here: the notebook's windows have none. Its `sequence_loss` averages its three
+  # class-averaged cross-entropies, the return term over step 0 only (single_return_token).
+  method = DecisionTransformer(transformer=TINY)
+  tables = decision_transformer.action_tables(GAMES)
+  batch = _windows()._replace(padding=np.zeros((8, 4), bool))
+  network = transformer.make_network(TINY)
+  params = jax.jit(method.build(GAMES).init)(jax.random.PRNGKey(0))
+  return_bins, actions, rewards = method._inputs(batch, tables)
+  out = network.apply(params, None, batch.obs, return_bins, actions, rewards, False)
+  want = np.mean([
+    _notebook_cross_entropy(out.action_logits, actions),
+    _notebook_cross_entropy(out.return_logits[:, :1], return_bins[:, :1]),
+    _notebook_cross_entropy(out.reward_logits, rewards),
+  ])  # fmt: skip
+  loss, metrics = method._make_loss(network, tables, 2)(params, None, batch, None)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  equal = dataclasses.replace(method, class_averaged_loss=False)
+  loss, _ = equal._make_loss(network, tables, 2)(params, None, batch, None)
+  np.testing.assert_allclose(
+    loss, (metrics["action_loss"] * 18 + metrics["return_loss"] * 121
+           + metrics["reward_loss"] * 4) / 3, rtol=1e-5)  # fmt: skip
+
+
+def test_the_return_read_out_learns_at_padding_where_acting_draws_it():
+  # In an episode's first 3 steps, step 0 is padding and acting draws its return there: the
+  # return loss must count those steps (their return-to-go is the episode's return).
+  method = DecisionTransformer(transformer=TINY)
+  tables = decision_transformer.action_tables(GAMES)
+  network = transformer.make_network(TINY)
+  params = jax.jit(method.build(GAMES).init)(jax.random.PRNGKey(0))
+  batch = _windows()  # window 0 starts with 2 padding steps
+  loss_fn = method._make_loss(network, tables, 2)
+
+  def return_loss(return_to_go):
+    return float(loss_fn(params, None, batch._replace(return_to_go=return_to_go), None)[1][
+      "return_loss"])  # fmt: skip
+
+  moved = batch.return_to_go.copy()
+  moved[0, 0] += 30  # only the padded window's step 0
+  assert return_loss(moved) != return_loss(batch.return_to_go)
+
+
+def _notebook_draws(rng, logits, temperature, shape, top_percentile=None):
+  """MGDT notebook's `sample_from_logits`: the top-percentile cut, then `temperature *
+  logits` (multiplied)."""
+  if top_percentile is not None:
+    cut = jax.numpy.percentile(logits, top_percentile, axis=-1)
+    logits = jax.numpy.where(logits > cut[..., None], logits, -jax.numpy.inf)
+  return jax.random.categorical(rng, temperature * logits, shape=shape)
+
+
+def test_return_draws_equal_the_notebooks_with_its_temperature_inverted():
+  logits = np.random.default_rng(0).normal(size=(64, 121)).astype(np.float32)
+  rng = jax.random.PRNGKey(3)
+  tilt = 10.0 * np.linspace(0.0, 1.0, 121)
+  ours = decision_transformer.sample_returns(rng, logits, 10.0, 1 / 0.75, 128)
+  theirs = np.max(_notebook_draws(rng, logits + tilt, 0.75, (128, 64)), axis=0)
+  np.testing.assert_array_equal(ours, theirs)
+
+
+def test_actions_are_drawn_from_the_top_half_of_the_games_own():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(3, 18)).astype(np.float32)
+  every = np.ones((3, 18), bool)
+  kept = decision_transformer.top_percentile_logits(logits, every, 50.0)
+  # With every action legal, the notebook's cut keeps the same actions.
+  theirs = _notebook_draws(jax.random.PRNGKey(0), logits, 1.0, (4000, 3), 50.0)
+  drawn = np.eye(18, dtype=bool)[np.asarray(theirs)].any(axis=0)  # [3, 18]
+  np.testing.assert_array_equal(np.isfinite(kept), drawn)
+  # Breakout's 4 actions (NOOP, FIRE, RIGHT, LEFT): the cut ranks those only.
+  legal = decision_transformer.action_tables(["Breakout"]).legal[[0, 0, 0]]
+  kept = decision_transformer.top_percentile_logits(logits, legal, 50.0)
+  for row, keep in zip(logits, np.isfinite(kept), strict=True):
+    own = np.flatnonzero(legal[0])
+    assert set(np.flatnonzero(keep)) == set(own[np.argsort(row[own])[-2:]])
+  # All logits equal: the best (every tied one) is kept, never nothing.
+  tied = decision_transformer.top_percentile_logits(np.zeros((1, 18)), every[:1], 50.0)
+  assert np.isfinite(tied).all()
+
+
 def _overfit(learner, batch, steps=150, learning_rate=3e-3):
   params = jax.jit(learner.init)(jax.random.PRNGKey(0))
   optimizer = optax.adam(learning_rate)
@@ -190,7 +372,8 @@ def _overfit(learner, batch, steps=150, learning_rate=3e-3):
 def test_a_tiny_dt_overfits_a_fixed_batch():
   first, last = _overfit(DecisionTransformer(transformer=TINY).build(GAMES), _windows())
   assert last["loss"] < 0.2 * first["loss"]
-  assert last["action_accuracy"] == 1.0
+  assert last["action_accuracy"] == 1.0 and last["action_accuracy_last_step"] == 1.0
+  assert first["action_accuracy_last_step"] < 1.0
 
 
 def test_a_tiny_bc_overfits_a_fixed_batch():
@@ -231,6 +414,8 @@ def test_bad_configurations_are_refused_with_what_fits():
     transformer.TransformerConfig(context_steps=5)
   with pytest.raises(ValueError, match="num_return_samples must be >= 1"):
     DecisionTransformer(num_return_samples=0)
+  with pytest.raises(ValueError, match=r"action_top_percentile must be in \[0, 100\) or None"):
+    DecisionTransformer(action_top_percentile=100.0)
 
 
 def test_clipped_returns_are_counted_in_a_warning(caplog):

@@ -323,9 +323,10 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(shard_dir, 
 
 
 def test_baselines_train_beside_a_run_and_share_its_table(runs, shard_dir, tmp_path):
-  """launch/baselines.sh: BC, filtered BC, the DT and both Q-guided policies on the Scaled QL
-  run's configuration (Breakout only: random Pong episodes outlast the tiny checkpoints, so
-  none ends inside the data), evaluated and reported with it."""
+  """launch/baselines.sh: BC (greedy and sampled), filtered BC, the DT (sampled and argmax)
+  and both Q-guided policies on the Scaled QL run's configuration (Breakout only: random Pong
+  episodes outlast the tiny checkpoints, so none ends inside the data), evaluated and
+  reported with it."""
   _, straight = runs
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   bindings = ("train.game_names = ['Breakout']; train.num_grad_steps = 2; "
@@ -335,9 +336,9 @@ def test_baselines_train_beside_a_run_and_share_its_table(runs, shard_dir, tmp_p
   out = subprocess.run(["bash", os.path.join(repo, "launch", "baselines.sh")], env=env,
                        capture_output=True, text=True, timeout=900)  # fmt: skip
   assert out.returncode == 0, out.stderr[-5000:]
-  names = {"bc": "bc", "filtered_bc": "filtered_bc", "dt": "dt", "q_guided_bc": "q_guided_bc",
-           "q_guided_dt": "q_guided_dt"}  # fmt: skip
-  for workdir, method in names.items():
+  names = ["bc", "sampled_bc", "filtered_bc", "dt", "dt_argmax", "q_guided_bc", "q_guided_dt"]
+  for method in names:
+    workdir = method
     with open(tmp_path / workdir / "run_info.json") as f:
       info = json.load(f)
     assert info["method"] == method and info["game_names"] == ["Breakout"]
@@ -345,13 +346,20 @@ def test_baselines_train_beside_a_run_and_share_its_table(runs, shard_dir, tmp_p
   # The Q-guided runs start from their proposals' runs, and distil (2 steps here).
   with open(tmp_path / "q_guided_dt" / "run_info.json") as f:
     assert json.load(f)["init_from"]["source"] == str(tmp_path / "dt")
-  assert "episodes with return >= [" in out.stderr  # filtered BC's threshold is logged
+  # Filtered BC logs what its selection kept.
+  assert re.search(r"filling 10% of the rows \(%BC\): Breakout kept \d+ of \d+", out.stderr)
+  # The 0-step policies act with their trained runs' parameters.
+  for method, trained in (("sampled_bc", "bc"), ("dt_argmax", "dt")):
+    with open(tmp_path / method / "run_info.json") as f:
+      assert json.load(f)["init_from"]["source"] == str(tmp_path / trained)
   table = (tmp_path / "report" / "main_table.md").read_text()
   for row in (
     "| Scaled QL |",
     "| DT |",
     "| BC |",
     "| Filtered BC",
+    "| BC (sampled action) |",
+    "| DT (argmax action) |",
     "| Q-guided BC",
     "| Q-guided DT",
   ):

@@ -52,8 +52,10 @@ def test_gin_file_builds(gin_file, critic):
   games_binding = "train.game_names = ['Breakout', 'Pong']"
   # Fine-tuning files get the game from `python -m scaled_ql.finetune --game=...`.
   needs_games = fragment and "debug.gin" not in files or "finetune_" in gin_file
-  # The Q-guided files get their two runs as macros (launch/baselines.sh binds them).
-  runs = [f"CRITIC = '{critic}'", "PROPOSAL = 'the proposal run'"] if "q_guided" in gin_file else []
+  # The 0-step files get their runs as macros (launch/baselines.sh binds them).
+  runs = [f"CRITIC = '{critic}'"] if "q_guided" in gin_file else []
+  if any(name in gin_file for name in ("q_guided", "sampled_bc", "dt_argmax")):
+    runs.append("PROPOSAL = 'the proposal run'")
   configurables.parse_gin(
     files, [SHARD_DIR_BINDING, *runs] + ([games_binding] if needs_games else [])
   )

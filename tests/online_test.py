@@ -39,12 +39,25 @@ def test_an_online_run_on_a_breakout_variant_checkpoints_and_resumes(tmp_path):
   assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
   env_steps = [r["online/env_steps"] for r in rows]
   assert env_steps == [120, 140, 160, 180, 200, 220]
-  assert rows[0]["online/epsilon"] == pytest.approx(1.0 - 0.99 * 120 / 200)  # Linear decay,
-  assert rows[-1]["online/epsilon"] == pytest.approx(0.01)  # then epsilon_end.
+  # Linear decay from the end of the 100 warm-up steps.
+  assert [r["online/epsilon"] for r in rows] == pytest.approx([1 - 0.99 * (e - 100) / 200
+                                                               for e in env_steps])  # fmt: skip
   # 40-step episodes: several ended, and their returns were logged.
   assert sum(r.get("online/episodes", 0) for r in rows) >= 4
   assert all(np.isfinite(r["online/episode_return"]) for r in rows if "online/episodes" in r)
   assert runs.read_run_info(workdir)["phase"] == "online_finetune"
+
+
+def test_epsilon_holds_through_the_warm_up_then_decays_as_dopamines():
+  source = online.OnlineSource(game_names=["Breakout"], local_batch_size=4, seed=0, **SETTINGS)
+
+  def dopamine(step, warmup=100, decay=200, end=0.01):  # its linearly_decaying_epsilon
+    bonus = (decay + warmup - step) * (1.0 - end) / decay
+    return end + np.clip(bonus, 0.0, 1.0 - end)
+
+  for env_steps in (0, 50, 100, 150, 200, 300, 301, 1000):
+    source.env_steps = env_steps
+    assert source.epsilon() == pytest.approx(dopamine(env_steps)), env_steps
 
 
 def test_bad_settings_are_named_before_any_work():

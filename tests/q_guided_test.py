@@ -105,6 +105,27 @@ def test_q_guided_runs_start_from_the_proposal_and_play_real_ale(runs_dir, tmp_p
     policy, game_names, 1, protocol=atari.Protocol(max_episode_steps=30), num_envs_per_game=1
   )
   assert all(results.games[g].lengths == [30] for g in GAMES)
+  # The critic is pinned to the checkpoint it had when the run started.
+  recorded = runs.read_run_info(workdir)["method_config"]["critic_from"]
+  assert recorded == os.path.join(str(runs_dir / "critic"), "checkpoints", "0")
+
+
+def test_sampled_bc_plays_what_q_guided_bc_with_k_1_plays(runs_dir):
+  # The "sampled BC" column: BC's policy drawing from its softmax, as a Q-guided policy with
+  # one candidate does; the greedy BC policy plays the argmax.
+  params, *_ = loading.restore_params(str(runs_dir / "bc"))
+  sampled = BC(network=SMALL, act_by_sampling=True).build(GAMES).make_policy(params)
+  greedy_learner = BC(network=SMALL).build(GAMES)
+  guided = QGuidedPolicy(greedy_learner.make_policy(params),
+                         lambda obs, game_id: np.zeros((len(obs), 6)), np.arange(2), 1)  # fmt: skip
+  obs = np.random.default_rng(0).integers(0, 256, (64, 84, 84, 4), dtype=np.uint8)
+  game_id = np.arange(64, dtype=np.int32) % 2
+  draws = [sampled(obs, game_id) for _ in range(3)]
+  for drawn in draws:
+    np.testing.assert_array_equal(drawn, guided(obs, game_id))
+  assert len({tuple(d) for d in draws}) > 1  # draws, not one fixed action
+  greedy = greedy_learner.make_policy(params)(obs, game_id)
+  assert not all((d == greedy).all() for d in draws)
 
 
 def test_bad_q_guided_configurations_are_named(runs_dir):

@@ -13,8 +13,8 @@ rows gets, without holding anything per row in memory:
     across an episode or segment boundary; rows whose episode does not end inside the segment
     (the stream was cut: file end or `row_fraction`) have no known return-to-go;
   * which rows are padding (the steps a policy sees before an episode's first frame);
-  * which rows belong to an episode whose whole return is known and reaches a threshold
-    (filtered behaviour cloning: the top X% of episodes by return).
+  * which rows belong to the episodes a selection keeps (filtered behaviour cloning: the best
+    episodes by return that fill X% of the rows, `top_episodes`).
 """
 
 import dataclasses
@@ -88,34 +88,56 @@ def index_segment(reader: shards.RowReader, segment: shards.Segment) -> EpisodeI
   return EpisodeIndex(ends.astype(np.int64), returns, segment.num_rows)
 
 
-def selected_rows(index: EpisodeIndex, min_return: float | None) -> np.ndarray:
+def selected_rows(index: EpisodeIndex, kept: np.ndarray | None) -> np.ndarray:
   """bool [num_rows]: the rows whose episode ends inside the segment (its return-to-go is
-  known) and, with `min_return`, lies wholly inside it with a return of at least that."""
+  known) and, with `kept` (bool [E], see `top_episodes`), is one of the kept episodes."""
   if not len(index.ends):
     return np.zeros(index.num_rows, bool)
-  episode = np.searchsorted(index.ends, np.arange(index.num_rows))
-  selected = episode < len(index.ends)
-  if min_return is not None:
-    whole = selected & (episode > 0)
-    selected = whole & (index.returns[np.minimum(episode, len(index.ends) - 1)] >= min_return)
-  return selected
+  episode = np.searchsorted(index.ends, np.arange(index.num_rows))  # E: unended
+  if kept is None:
+    return episode < len(index.ends)
+  return np.append(kept, False)[episode]
 
 
-def return_threshold(indices: Sequence[EpisodeIndex], top_fraction: float) -> float:
-  """The return that the top `top_fraction` of a game's whole episodes reach.
+def top_episodes(indices: Sequence[EpisodeIndex], top_fraction: float) -> list[np.ndarray]:
+  """A game's best whole episodes that fill `top_fraction` of its whole episodes' rows.
+
+  As the Decision Transformer's %BC (Chen et al. 2021, its gym experiment code): episodes
+  sorted by return, highest first, are taken while their rows fit in that fraction of all
+  rows (the best one always), so ties at the cut never inflate the selection; among equal
+  returns the later episode (the later segment, then the later row) comes first.
+
+  Args:
+    indices: the game's segments' episode indices.
+    top_fraction: in (0, 1].
+
+  Returns:
+    per segment, bool [E]: the episode is kept (a segment's first episode, which may have
+    started before it, never is).
 
   Raises:
     ValueError: if top_fraction is not in (0, 1], or no episode lies wholly in the data.
   """
   if not 0.0 < top_fraction <= 1.0:
     raise ValueError(f"top_episode_fraction must be in (0, 1], got {top_fraction}.")
-  returns = np.concatenate([index.whole_returns for index in indices])
-  if not len(returns):
+  segment = np.concatenate([np.full(len(x.ends) - 1, s) for s, x in enumerate(indices)
+                            if len(x.ends)] or [np.zeros(0, int)])  # fmt: skip
+  episode = np.concatenate([np.arange(1, len(x.ends)) for x in indices if len(x.ends)]
+                           or [np.zeros(0, int)])  # fmt: skip
+  if not len(episode):
     raise ValueError(
       "top_episode_fraction: no episode starts and ends inside the selected data, so no "
       "episode's return is known; select more rows (suffixes, row_fraction)."
     )
-  return float(np.quantile(returns, 1.0 - top_fraction, method="higher"))
+  returns = np.concatenate([x.whole_returns for x in indices])
+  rows = np.concatenate([np.diff(x.ends) for x in indices if len(x.ends)])  # whole episodes'
+  order = np.lexsort((episode, segment, returns))[::-1]  # best first, ties: later first
+  budget = max(int(top_fraction * rows.sum()), 1)
+  taken = max(1, int(np.sum(np.cumsum(rows[order]) <= budget)))
+  kept = [np.zeros(len(x.ends), bool) for x in indices]
+  for i in order[:taken]:
+    kept[segment[i]][episode[i]] = True
+  return kept
 
 
 class ChunkEpisodes:
@@ -126,6 +148,8 @@ class ChunkEpisodes:
     return_to_go: float32 [L] (0 where unknown).
     padding: bool [L], the row is one of the zero rows before an episode's first frame.
     terminal: bool [L].
+    episode: int64 [L], the row's episode in the segment's index (E when it does not end
+      inside the segment).
     known: bool [L], the row's episode ends inside the segment (return-to-go known).
     whole_return: float32 [L], the return of the row's episode (NaN when it does not lie
       wholly inside the segment).
@@ -143,7 +167,7 @@ class ChunkEpisodes:
       first, num_loaded: loaded row j is segment row first + j.
     """
     rows = first + np.arange(num_loaded)
-    episode = np.searchsorted(index.ends, rows)  # [L] the episode of each row (E: unended)
+    self.episode = episode = np.searchsorted(index.ends, rows)  # [L] (E: unended)
     self.known = episode < len(index.ends)
     last = first + num_loaded - 1
     if self.known[-1]:

@@ -25,14 +25,14 @@ class EpisodeSelection(NamedTuple):
 
   Attributes:
     indices: [game][segment] `episodes.EpisodeIndex`.
-    min_return: per game, the return an episode must reach for its states to be sampled
-      (filtered BC); None keeps every episode.
+    kept: [game][segment] bool [E], the episodes whose states are sampled (filtered BC,
+      `episodes.top_episodes`); None keeps every episode.
     windows: keep each loaded row's action, reward, return-to-go, terminal and padding flag
       (for `WindowBatch`es), and sample only states whose return-to-go is known.
   """
 
   indices: Sequence[Sequence[episodes.EpisodeIndex]]
-  min_return: Sequence[float] | None
+  kept: Sequence[Sequence[np.ndarray]] | None
   windows: bool
 
 
@@ -140,7 +140,7 @@ class ChunkPool:
           reader, segment, self._selection.indices[game][seg_i], max(0, lo - (STACK - 1)),
           len(action),
         )  # fmt: skip
-        keep = self._keep(game, facts, valid)
+        keep = self._keep(game, seg_i, facts, valid)
         valid, ret, discount, length = valid[keep], ret[keep], discount[keep], length[keep]
       if len(valid):
         break
@@ -165,13 +165,15 @@ class ChunkPool:
       self.row_return_to_go[buffer, :n] = facts.return_to_go
       self.row_terminal[buffer, :n], self.row_padding[buffer, :n] = facts.terminal, facts.padding
 
-  def _keep(self, game: int, facts: episodes.ChunkEpisodes, valid: np.ndarray) -> np.ndarray:
+  def _keep(
+    self, game: int, segment: int, facts: episodes.ChunkEpisodes, valid: np.ndarray
+  ) -> np.ndarray:
     """bool [V]: the valid states the episode selection keeps."""
     keep = np.ones(len(valid), bool)
     if self._selection.windows:
       keep &= facts.known[valid]
-    if self._selection.min_return is not None:
-      keep &= facts.whole_return[valid] >= self._selection.min_return[game]  # NaN: not whole
+    if self._selection.kept is not None:  # episode E (unended) is never kept
+      keep &= np.append(self._selection.kept[game][segment], False)[facts.episode[valid]]
     return keep
 
   # ------------------------------------------------------------------------------------------------

@@ -170,9 +170,10 @@ class ReplayDataset(DataSource):
       windows: make `WindowBatch`es (4 consecutive steps of one episode with returns-to-go,
         for sequence models) instead of n-step `Batch`es; only states whose episode ends in
         the selected data are sampled (their return-to-go is known).
-      top_episode_fraction: sample only the states of each game's best episodes, this fraction
-        of them by return (filtered BC); 1 keeps all. Only episodes that start and end inside
-        the selected data count (the others' returns are unknown).
+      top_episode_fraction: sample only the states of each game's best episodes by return
+        that fill this fraction of its rows (filtered BC, `episodes.top_episodes`); 1 keeps
+        all. Only episodes that start and end inside the selected data count (the others'
+        returns are unknown).
     """
     if n_step < 1:
       raise ValueError(f"n_step must be >= 1, got {n_step}")
@@ -195,7 +196,7 @@ class ReplayDataset(DataSource):
       self.data_quality = {"all": "near_optimal", "first20": "low_quality"}.get(suffixes)
     runs = shards.parse_runs(runs)
     self.windows, self.top_episode_fraction = windows, top_episode_fraction
-    self.min_episode_return = None  # per game, with top_episode_fraction < 1
+    self.kept_episodes = None  # per game, with top_episode_fraction < 1: see `_describe_kept`
     self._segments, self._chunks, self._chunk_sizes = [], [], []
     for game in self.game_names:
       segments = shards.find_segments(shard_dir, game, runs, suffixes, row_fraction)
@@ -239,16 +240,16 @@ class ReplayDataset(DataSource):
       indices = [[episodes.index_segment(reader, s) for s in segs] for segs in self._segments]
     finally:
       reader.close()
-    min_return = None
+    kept = None
     if filtered:
-      min_return = []
+      kept = []
       for game, game_indices in zip(self.game_names, indices, strict=True):
         try:
-          min_return.append(episodes.return_threshold(game_indices, self.top_episode_fraction))
+          kept.append(episodes.top_episodes(game_indices, self.top_episode_fraction))
         except ValueError as e:
           raise ValueError(f"{game}: {e}") from None
-    self.min_episode_return = min_return
-    return EpisodeSelection(indices, min_return, self.windows)
+      self._episode_indices, self.kept_episodes = indices, kept
+    return EpisodeSelection(indices, kept, self.windows)
 
   def _keep_selected_chunks(self, selection: EpisodeSelection) -> None:
     """Weighs chunks by their rows in selected episodes and drops those with none.
@@ -258,10 +259,10 @@ class ReplayDataset(DataSource):
     the module docstring with R_c = the chunk's selected rows).
     """
     for g, game in enumerate(self.game_names):
-      min_return = None if selection.min_return is None else selection.min_return[g]
+      kept = [None] * len(selection.indices[g]) if selection.kept is None else selection.kept[g]
       counts = [  # [num_rows + 1] cumulative selected rows of each segment
-        np.concatenate([[0], np.cumsum(episodes.selected_rows(index, min_return))])
-        for index in selection.indices[g]
+        np.concatenate([[0], np.cumsum(episodes.selected_rows(index, segment_kept))])
+        for index, segment_kept in zip(selection.indices[g], kept, strict=True)
       ]
       sizes = np.array([counts[s][hi] - counts[s][lo] for s, lo, hi in self._chunks[g]], float)
       if not sizes.any():
@@ -445,11 +446,24 @@ class ReplayDataset(DataSource):
       + _describe_locality(self.locality(), self.process_count)
       + (", windows of 4 steps with returns-to-go" if self.windows else "")
       + (
-        f", episodes with return >= {self.min_episode_return} (top {self.top_episode_fraction:.0%})"
-        if self.min_episode_return
+        f", the best episodes filling {self.top_episode_fraction:.0%} of the rows (%BC): "
+        + "; ".join(f"{g} {_describe_kept(i, k)}" for g, i, k in
+                    zip(self.game_names, self._episode_indices, self.kept_episodes, strict=True))
+        if self.kept_episodes
         else ""
       )
     )
+
+
+def _describe_kept(indices: Sequence[episodes.EpisodeIndex], kept: Sequence[np.ndarray]) -> str:
+  """What a %BC selection kept of a game's whole episodes: how many, their rows, returns."""
+  returns = np.concatenate([i.returns[k] for i, k in zip(indices, kept, strict=True)])
+  whole = sum(max(len(i.ends) - 1, 0) for i in indices)
+  rows = sum(int(np.diff(np.append(-1, i.ends))[k].sum())
+             for i, k in zip(indices, kept, strict=True))  # fmt: skip
+  all_rows = sum(int(i.ends[-1] - i.ends[0]) for i in indices if len(i.ends))
+  return (f"kept {len(returns)} of {whole} whole episodes ({rows / max(all_rows, 1):.1%} of their "
+          f"rows), returns {returns.min():g} to {returns.max():g}")  # fmt: skip
 
 
 def _describe_locality(per_game: Sequence[Locality], process_count: int) -> str:

@@ -22,24 +22,33 @@ class BC:
   Attributes:
     network: the multi-game network; its expected action values are the policy's logits.
     optimizer_fn: builds the optax optimizer.
+    act_by_sampling: the policy plays an action drawn from softmax(logits) over the game's
+      actions, not the argmax (sampled BC: what a Q-guided policy with k = 1 plays).
     name: the label of its runs in reports.
   """
 
   network: networks.NetworkConfig
   optimizer_fn: Callable = optimizers.make_optimizer
+  act_by_sampling: bool = False
   name: str = "bc"
 
   def config(self) -> dict:
-    return {"network": dataclasses.asdict(self.network), "name": self.name}
+    return {"network": dataclasses.asdict(self.network), "act_by_sampling": self.act_by_sampling,
+            "name": self.name}  # fmt: skip
 
   @classmethod
   def from_config(cls, config: dict) -> "BC":
-    return cls(network=q_network.network_config(config["network"]), name=config["name"])
+    return cls(
+      network=q_network.network_config(config["network"]),
+      act_by_sampling=config.get("act_by_sampling", False),
+      name=config["name"],
+    )
 
   def build(self, game_names: Sequence[str]) -> base.Learner:
     return q_network.build_learner(
-      self.network, game_names, make_loss, self.optimizer_fn(), None, samples=True
-    )
+      self.network, game_names, make_loss, self.optimizer_fn(), None, samples=True,
+      act_by_sampling=self.act_by_sampling,
+    )  # fmt: skip
 
 
 def make_loss(apply_fn, num_games: int):

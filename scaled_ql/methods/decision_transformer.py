@@ -3,15 +3,36 @@
 It trains on `WindowBatch`es (bind `data.ReplayDataset.windows = True`): 4 consecutive steps
 of one episode, their actions mapped from each game's minimal set to ALE's full 18 actions,
 returns-to-go discretised to one class per integer in `return_range` (clipped), rewards as
-classes (none, positive, terminal, negative). The loss is the mean of the cross-entropies of
-the action, return and reward read-outs over the steps that are not padding.
+classes (none, positive, terminal, negative). The loss is the mean of the action, return and
+reward cross-entropies, each averaged over its classes as well as its steps (the released
+notebook's `cross_entropy` and `sequence_loss`: weights 1/18, 1/121 and 1/4); the action and
+reward terms skip padding steps, the return term keeps them (see below).
 
-Acting ("expert-action inference", MGDT section 3.4): the policy samples a return from the
-model's return distribution tilted towards high returns, log P(R) + kappa (R - Rlow) /
-(Rhigh - Rlow), puts it in the return-to-go token, then samples the action among the game's
-own actions. `num_return_samples > 1` is the released notebook's variant (draw many returns,
-keep the highest). The policy keeps each environment's last actions and rewards, and starts
-an episode's context with the zero-padding steps the data has.
+Acting ("expert-action inference", MGDT section 3.4 and the notebook's `optimal_action`): the
+policy draws `num_return_samples` returns from the model's return distribution tilted
+towards high returns, log P(R) + kappa (R - Rlow) / (Rhigh - Rlow), keeps the highest, puts
+it in the return-to-go token, then samples the action among the game's own actions, from the
+top half of their logits (`action_top_percentile`). The policy keeps each environment's last
+actions and rewards, and starts an episode's context with the zero-padding steps the data has.
+
+With `single_return_token` (the released model's setting) only the first step's return is
+an input: the network removes the later ones, and `_inputs` zeroes their classes, so a
+training window and the acting context of the same steps give the network the same inputs
+except step 0's return (drawn when acting). Step 0 is padding in the first 3 steps of every
+episode; its return-to-go there is the episode's return, and the return loss is taken there
+too, so the return drawn at an episode's start comes from a trained read-out (the notebook
+pads an episode's start and draws step 0's return the same way).
+
+Where ours differs from the notebook, and why:
+  * temperatures divide the logits (the usual convention; 0 means argmax); the notebook
+    multiplies them, so its return temperature 0.75 is our 1 / 0.75;
+  * the top-percentile cut ranks a game's own actions only (the notebook's 18 outputs all
+    compete, illegal ones included) and always keeps the best action (the notebook's strict
+    `>` would drop every action when all logits tie);
+  * kappa is the paper's 10 (the notebook's call passes an optimality weight of 0 and relies
+    on the maximum of 128 draws alone);
+  * 121 return classes, one per integer in [-20, 100] (the notebook builds 120 embeddings and
+    clips returns to 100, a class its table lacks).
 """
 
 import dataclasses
@@ -82,6 +103,18 @@ def sample_returns(rng, logits, kappa: float, temperature: float, num_samples: i
   return jnp.max(draws, axis=0).astype(jnp.int32)
 
 
+def top_percentile_logits(logits, legal, percentile: float | None):
+  """[B, A] logits, bool [B, A] legal -> [B, A]: the legal actions whose logit exceeds the
+  `percentile`-th percentile of the legal logits, and the best one; the rest -inf (None:
+  every legal action)."""
+  logits = jnp.where(legal, logits, -jnp.inf)
+  if percentile is None:
+    return logits
+  cut = jnp.nanpercentile(jnp.where(legal, logits, jnp.nan), percentile, axis=-1)  # [B]
+  keep = (logits > cut[:, None]) | (logits == jnp.max(logits, axis=-1, keepdims=True))
+  return jnp.where(keep, logits, -jnp.inf)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecisionTransformer:
   """The DT's configuration (gin: `methods.DecisionTransformer`).
@@ -90,19 +123,25 @@ class DecisionTransformer:
     transformer: the network's shape.
     optimizer_fn: builds the optax optimizer (LAMB with warm-up, `optimizers.make_lamb`).
     kappa: weight of the optimality tilt towards high returns when acting (MGDT: 10).
-    num_return_samples: returns drawn per step, the highest kept (1: MGDT's paper; the
-      released notebook draws 128).
-    return_temperature: temperature of the return distribution when acting.
-    action_temperature: temperature of the action distribution when acting (0: argmax).
+    num_return_samples: returns drawn per step, the highest kept (the notebook: 128).
+    return_temperature: divides the return logits when acting (the notebook multiplies
+      them by 0.75: 1 / 0.75 here).
+    action_temperature: divides the action logits when acting (0: argmax; the notebook: 1).
+    action_top_percentile: actions are drawn among the game's actions whose logit exceeds
+      this percentile of theirs (the notebook: 50); None draws among all of them.
+    class_averaged_loss: average each cross-entropy over its classes too, as the notebook's
+      `cross_entropy` does (weights 1/18, 1/121, 1/4); False weighs the three terms equally.
     name: the label of its runs in reports.
   """
 
   transformer: transformer_lib.TransformerConfig = transformer_lib.TransformerConfig()
   optimizer_fn: Callable = optimizers.make_lamb
   kappa: float = 10.0
-  num_return_samples: int = 1
-  return_temperature: float = 1.0
+  num_return_samples: int = 128
+  return_temperature: float = 1.0 / 0.75
   action_temperature: float = 1.0
+  action_top_percentile: float | None = 50.0
+  class_averaged_loss: bool = True
   name: str = "dt"
 
   def __post_init__(self):
@@ -112,6 +151,10 @@ class DecisionTransformer:
       raise ValueError(
         "return_temperature must be > 0 and action_temperature >= 0, got "
         f"{self.return_temperature} and {self.action_temperature}."
+      )
+    if self.action_top_percentile is not None and not 0 <= self.action_top_percentile < 100:
+      raise ValueError(
+        f"action_top_percentile must be in [0, 100) or None, got {self.action_top_percentile}."
       )
 
   def config(self) -> dict:
@@ -153,47 +196,53 @@ class DecisionTransformer:
   # Training.
 
   def _inputs(self, batch: types.WindowBatch, tables: ActionTables):
-    """(return classes, full-set actions, reward classes), each int32 [B, T]."""
+    """(return classes, full-set actions, reward classes), each int32 [B, T].
+
+    With `single_return_token` the later steps' return classes are 0: the network ignores
+    them, and training and acting then feed it the same values."""
     to_full = jnp.asarray(tables.to_full)[batch.game_id]  # [B, A_max]
     actions = jnp.take_along_axis(to_full, batch.action, axis=1)
-    return (
-      encode_returns(batch.return_to_go, self.transformer.return_range),
-      actions,
-      encode_rewards(batch.reward, batch.terminal),
-    )
+    return_bins = encode_returns(batch.return_to_go, self.transformer.return_range)
+    if self.transformer.single_return_token:
+      return_bins = return_bins * (jnp.arange(STEPS) == 0)
+    return return_bins, actions, encode_rewards(batch.reward, batch.terminal)
 
   def _make_loss(self, network, tables: ActionTables, num_games: int):
     def loss_fn(params, target_params, batch: types.WindowBatch, rng):
       del target_params
       return_bins, actions, reward_classes = self._inputs(batch, tables)
       out = network.apply(params, rng, batch.obs, return_bins, actions, reward_classes, True)
-      real = (~batch.padding).astype(jnp.float32)  # [B, T]: the loss skips padding steps
-      return_weight = real
+      # Actions and rewards are learnt at real steps only (padding holds placeholders). Returns
+      # are learnt at padding steps too: there the return-to-go is the episode's return, and
+      # acting draws step 0's return there in an episode's first 3 steps.
+      real = (~batch.padding).astype(jnp.float32)  # [B, T]
+      return_weight = jnp.ones_like(real)
       if self.transformer.single_return_token:  # only the first step's return is modelled
-        return_weight = real * (jnp.arange(STEPS) == 0)
+        return_weight = return_weight * (jnp.arange(STEPS) == 0)
 
       def weighted_mean(x, weight):  # [B, T], [B, T] -> []
         return jnp.sum(x * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
-      def mean_ce(logits, labels, weight):  # [B, T, C], [B, T], [B, T] -> []
-        return weighted_mean(
-          optax.softmax_cross_entropy_with_integer_labels(logits, labels), weight
-        )
+      def ce(logits, labels):  # [B, T, C], [B, T] -> [B, T]
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return loss / logits.shape[-1] if self.class_averaged_loss else loss
 
-      action_ce = optax.softmax_cross_entropy_with_integer_labels(out.action_logits, actions)
+      action_ce = ce(out.action_logits, actions)
       terms = {
         "action_loss": weighted_mean(action_ce, real),
-        "return_loss": mean_ce(out.return_logits, return_bins, return_weight),
-        "reward_loss": mean_ce(out.reward_logits, reward_classes, real),
+        "return_loss": weighted_mean(ce(out.return_logits, return_bins), return_weight),
+        "reward_loss": weighted_mean(ce(out.reward_logits, reward_classes), real),
       }
       low, high = self.transformer.return_range
       outside = (batch.return_to_go < low) | (batch.return_to_go > high)
       per_example_action = jnp.sum(action_ce * real, 1) / jnp.maximum(jnp.sum(real, 1), 1.0)
       correct = jnp.argmax(out.action_logits, axis=-1) == actions
+      acted_step = real * (jnp.arange(STEPS) == STEPS - 1)  # the step the policy acts at
       metrics = {
         "loss": sum(terms.values()) / len(terms),
         **terms,
         "action_accuracy": weighted_mean(correct, real),
+        "action_accuracy_last_step": weighted_mean(correct, acted_step),
         "returns_clipped": weighted_mean(outside, real),
         "per_game/action_loss": losses.per_game_mean(per_example_action, batch.game_id, num_games),
         "per_game/batch_fraction": jnp.mean(jax.nn.one_hot(batch.game_id, num_games), axis=0),
@@ -237,7 +286,7 @@ class DecisionTransformer:
     return_rng, action_rng = jax.random.split(rng)
     return_bins, actions, reward_classes = self._inputs(batch, tables)
     steps = [0] if self.transformer.single_return_token else range(STEPS)
-    return_bins = jnp.zeros_like(return_bins)
+    return_bins = jnp.zeros_like(return_bins)  # Drawn below; as `_inputs` gives the rest.
     for t in steps:  # Each step's return is drawn given the returns drawn before it.
       out = network.apply(params, None, batch.obs, return_bins, actions, reward_classes)
       drawn = sample_returns(
@@ -251,6 +300,7 @@ class DecisionTransformer:
     if self.action_temperature == 0:
       full = jnp.repeat(jnp.argmax(logits, axis=-1)[:, None], num_samples, axis=1)
     else:
+      logits = top_percentile_logits(logits, game_legal, self.action_top_percentile)
       full = jax.random.categorical(
         action_rng, logits / self.action_temperature, shape=(num_samples, len(logits))
       ).T  # [B, k]
@@ -260,9 +310,11 @@ class DecisionTransformer:
 class DTPolicy(types.Policy):
   """Expert-action inference with each environment's context of its last steps.
 
-  The observation's 4 frames are the context's 4 steps; the policy keeps the actions (full
-  set) and rewards of the 3 steps before the current one, zero at an episode's start, like
-  the data's padding rows.
+  The observation's 4 frames are the context's 4 steps; the policy keeps the actions (each
+  game's minimal-set indices, as the data holds them: `_inputs` maps them to the full set)
+  and clipped rewards of the 3 steps before the current one, zero at an episode's start, like
+  the data's padding rows. The current step's action and reward are 0: the action read-out
+  comes before those tokens.
   """
 
   def __init__(self, sample, params, seed: int = 0):

@@ -13,13 +13,14 @@ action replaced by the best of k sampled actions under the critic). The critic i
 """
 
 import dataclasses
+import posixpath
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaled_ql import initialization, multihost, types
+from scaled_ql import checkpointing, initialization, multihost, types
 from scaled_ql.methods import base, loading
 
 
@@ -31,7 +32,9 @@ class QGuided:
     proposal: the method whose policy proposes actions (`@methods.BC()`, `@methods.
       DecisionTransformer()`); it must sample actions.
     critic_from: the critic, a Scaled QL run directory (its latest checkpoint) or
-      `RUN/checkpoints/STEP`; it must hold every game of this run.
+      `RUN/checkpoints/STEP`; it must hold every game of this run. A run directory is pinned
+      to its latest checkpoint when the run starts: run_info.json records that step, so a
+      later re-evaluation uses the same critic if the critic's run trains on.
     num_samples: k, actions drawn from the proposal per state.
     name: the label of its runs in reports.
   """
@@ -50,7 +53,7 @@ class QGuided:
     return {
       "proposal_class": record["method_class"],
       "proposal_config": record["method_config"],
-      "critic_from": self.critic_from,
+      "critic_from": self._critic_checkpoint(),
       "num_samples": self.num_samples,
       "name": self.name,
     }
@@ -62,6 +65,15 @@ class QGuided:
     )
     return cls(proposal, config["critic_from"], config["num_samples"], config["name"])
 
+  def _critic_checkpoint(self) -> str:
+    """`critic_from` as `RUN/checkpoints/STEP` (the latest step when it names a run; as it
+    is when the run has no checkpoint, which `build` then reports)."""
+    run, step = initialization.InitFrom(self.critic_from).run_and_step()
+    step = checkpointing.latest_step(run) if step is None else step
+    return self.critic_from if step is None else posixpath.join(
+      run, checkpointing.CHECKPOINT_SUBDIR, str(step)
+    )
+
   def build(self, game_names: Sequence[str]) -> base.Learner:
     proposal = self.proposal.build(game_names)
     if proposal.sample_actions is None:
@@ -69,7 +81,7 @@ class QGuided:
         f"QGuided.proposal: {self.proposal.name} does not sample actions; propose with "
         "@methods.BC() or @methods.DecisionTransformer()."
       )
-    critic_params, critic, critic_games = _load_critic(self.critic_from, game_names)
+    critic_params, critic, critic_games = _load_critic(self._critic_checkpoint(), game_names)
     k = self.num_samples
 
     def best_of_k(params, rng, batch):

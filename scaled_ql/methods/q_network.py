@@ -34,6 +34,7 @@ def build_learner(
   optimizer: optax.GradientTransformation,
   target_update_period: int | None,
   samples: bool = False,
+  act_by_sampling: bool = False,
 ) -> base.Learner:
   """The learner of a method on this network, given its loss.
 
@@ -45,6 +46,7 @@ def build_learner(
     target_update_period: steps between target copies; None keeps no target network.
     samples: the network's action values are a policy's logits (BC): the learner and its
       policies can draw actions from softmax(logits) over the game's actions.
+    act_by_sampling: with `samples`, the policy plays such a draw instead of the argmax.
   """
   games.validate_games(game_names)
   network = networks.make_network(config, [games.num_actions(g) for g in game_names])
@@ -63,7 +65,9 @@ def build_learner(
     optimizer=optimizer,
     target_update_period=target_update_period,
     example_batch=types.zeros_batch,
-    make_policy=make_policy_factory(q_values, sample_actions if samples else None),
+    make_policy=make_policy_factory(
+      q_values, sample_actions if samples else None, samples and act_by_sampling
+    ),
     transfer=lambda src, src_info, params: transfer(src, src_info, params, config, game_names),
     per_game=per_game,
     sample_actions=sample_actions if samples else None,
@@ -72,13 +76,17 @@ def build_learner(
 
 
 class GreedyPolicy(types.Policy):
-  """Plays the argmax of the masked Q-values (a game's illegal slots never win)."""
+  """Plays the argmax of the masked Q-values (a game's illegal slots never win), or with
+  `act_by_sampling` a draw from their softmax (a BC policy's distribution)."""
 
-  def __init__(self, act, params, sample=None, seed: int = 0):
+  def __init__(self, act, params, sample=None, act_by_sampling: bool = False, seed: int = 0):
     self._act, self._params, self._sample = act, params, sample
+    self._act_by_sampling = act_by_sampling
     self._rng, self._calls = jax.random.PRNGKey(seed), 0
 
   def __call__(self, obs, game_id):
+    if self._act_by_sampling:
+      return self.sample_actions(obs, game_id, 1)[:, 0]
     return np.asarray(self._act(self._params, obs, game_id))
 
   def sample_actions(self, obs, game_id, num_samples: int) -> np.ndarray:
@@ -91,7 +99,7 @@ class GreedyPolicy(types.Policy):
     return np.asarray(self._sample(self._params, rng, batch, num_samples))
 
 
-def make_policy_factory(q_values, sample_actions=None):
+def make_policy_factory(q_values, sample_actions=None, act_by_sampling: bool = False):
   """params -> GreedyPolicy; the argmax of the masked Q-values (and the sampling) are jitted
   once, here."""
 
@@ -100,7 +108,7 @@ def make_policy_factory(q_values, sample_actions=None):
     return jnp.argmax(q_values(params, obs, game_id), axis=-1).astype(jnp.int32)
 
   sample = sample_actions and jax.jit(sample_actions, static_argnums=3)
-  return lambda params: GreedyPolicy(act, params, sample)
+  return lambda params: GreedyPolicy(act, params, sample, act_by_sampling)
 
 
 def is_head(module_name: str) -> bool:

@@ -18,8 +18,10 @@ PAPER_METHODS = ("scaled_ql", "dt", "bc")
 METHOD_NAMES = {
   "scaled_ql": "Scaled QL",
   "dt": "DT",
+  "dt_argmax": "DT (argmax action)",
   "bc": "BC",
-  "filtered_bc": "Filtered BC (top 10%)",
+  "sampled_bc": "BC (sampled action)",
+  "filtered_bc": "Filtered BC (%BC, best 10% of rows)",
   "q_guided_bc": "Q-guided BC (best of k under Scaled QL's Q)",
   "q_guided_dt": "Q-guided DT (best of k under Scaled QL's Q)",
 }

@@ -102,23 +102,61 @@ def test_windows_are_a_pure_function_of_the_step(shard_dir):
   a.close(), b.close()
 
 
-def test_top_episode_fraction_keeps_the_best_episodes(shard_dir):
+def _reference_top_episodes(shard_dir, game, fraction):
+  """%BC as the DT's gym code selects it, episode by episode: bool [rows] of each segment's
+  kept rows, and the kept episodes' returns."""
+  episodes_ = []  # (return, segment, start, end) of each whole episode
+  segments = _segment_rows(shard_dir, game)
+  for s, (_, _, reward, terminal) in enumerate(segments):
+    ends = [i for i in range(len(reward)) if terminal[i]]
+    episodes_ += [(float(sum(reward[a + 1 : b + 1])), s, a + 1, b)
+                  for a, b in zip(ends[:-1], ends[1:], strict=True)]  # fmt: skip
+  # Highest return first; among equal returns the later episode first.
+  episodes_.sort(key=lambda e: (e[0], e[1], e[2]), reverse=True)
+  budget = int(fraction * sum(b + 1 - a for _, _, a, b in episodes_))
+  rows = [np.zeros(len(seg[2]), bool) for seg in segments]
+  taken, returns = 0, []
+  for ret, s, a, b in episodes_:
+    if returns and taken + b + 1 - a > budget:
+      break
+    rows[s][a : b + 1] = True
+    taken += b + 1 - a
+    returns.append(ret)
+  return rows, returns
+
+
+def test_top_episode_fraction_keeps_the_best_episodes_filling_the_fraction(shard_dir):
   ds = _dataset(shard_dir, windows=True, top_episode_fraction=0.25)
   for g, game in enumerate(ds.game_names):
-    windows, whole = _reference_windows(shard_dir, game)
-    threshold = float(np.quantile(whole, 0.75, method="higher"))
-    assert ds.min_episode_return[g] == threshold
-    # The return of a sampled state's episode is the first step's return-to-go plus the
-    # rewards before it in the episode: at least the return-to-go of a window that starts
-    # with padding; every sampled episode's return reaches the threshold.
+    rows, returns = _reference_top_episodes(shard_dir, game, 0.25)
+    kept = [episodes.selected_rows(i, k) for i, k in
+            zip(ds._episode_indices[g], ds.kept_episodes[g], strict=True)]  # fmt: skip
+    for got, want in zip(kept, rows, strict=True):
+      np.testing.assert_array_equal(got, want)
+    whole_rows = sum(int(i.ends[-1] - i.ends[0]) for i in ds._episode_indices[g])
+    assert sum(int(k.sum()) for k in kept) <= 0.25 * whole_rows
+    # Every sampled window's episode is a kept one: its return is at least the lowest kept.
     for step in range(20):
       batch = ds.batch(step)
       starts = (batch.game_id == g) & batch.padding[:, 0] & ~batch.padding[:, -1]
       first_real = np.argmin(batch.padding[starts], axis=1)
-      returns = batch.return_to_go[starts][np.arange(starts.sum()), first_real]
-      assert (returns >= threshold).all()
-  assert "top 25%" in ds.describe()
+      sampled = batch.return_to_go[starts][np.arange(starts.sum()), first_real]
+      assert (sampled >= min(returns)).all()
+  assert "the best episodes filling 25% of the rows (%BC): Breakout kept " in ds.describe()
   ds.close()
+
+
+def test_ties_at_the_cut_do_not_inflate_the_selection():
+  # 9 whole episodes (15 rows, then 10 each); 4 share the top return. Top 10% of the rows is
+  # 1 episode, the latest of the tied ones; a quantile threshold with `>=` would keep all 4.
+  ends = np.array([4, 19, 29, 39, 49, 59, 69, 79, 89, 99])  # episode 0 began before the segment
+  returns = np.array([0, 3, 5, 5, 1, 5, 2, 5, 0, 1], np.float32)
+  index = episodes.EpisodeIndex(ends.astype(np.int64), returns, 100)
+  (kept,) = episodes.top_episodes([index], 0.1)
+  assert kept.sum() == 1 and kept[7]
+  (kept,) = episodes.top_episodes([index], 0.5)  # 50% of 95 rows: 4 episodes of 10 fit
+  assert set(np.flatnonzero(kept)) == {2, 3, 5, 7}
+  assert not episodes.top_episodes([index], 0.01)[0][0]  # the first is never whole
 
 
 def test_bad_top_episode_fraction_is_refused_before_reading(shard_dir):
@@ -129,11 +167,7 @@ def test_bad_top_episode_fraction_is_refused_before_reading(shard_dir):
 def test_chunks_are_weighted_by_their_rows_in_selected_episodes(shard_dir):
   ds = _dataset(shard_dir, top_episode_fraction=0.25)
   for g, game in enumerate(ds.game_names):
-    (_, _, reward, terminal), *_ = _segment_rows(shard_dir, game)  # one segment per game
-    ends = [i for i in range(len(reward)) if terminal[i]]
-    selected = np.zeros(len(reward), bool)
-    for a, b in zip(ends[:-1], ends[1:], strict=True):  # whole episodes: rows a+1..b
-      selected[a + 1 : b + 1] = sum(reward[a + 1 : b + 1]) >= ds.min_episode_return[g]
+    (selected,) = _reference_top_episodes(shard_dir, game, 0.25)[0]  # one segment per game
     expected = [selected[lo:hi].sum() for _, lo, hi in ds._host_chunks(game, ds._segments[g], 64)]
     np.testing.assert_array_equal(ds._chunk_sizes[g], [n for n in expected if n])
     assert len(ds._chunks[g]) == sum(1 for n in expected if n) < len(expected)
