@@ -30,6 +30,7 @@ setuptools.setup(
     "orbax-checkpoint>=0.12.8",
     "pandas<3",  # rliable 1.2.0 fails to import with pandas 3.
     "rliable>=1.2.0",
+    "scipy>=1.17",  # report/significance.py: t distributions for the verdicts' p-values.
     # rlax's distrax backend needs TensorFlow Probability from tfp-nightly with jax 0.10; the
     # stable tensorflow-probability 0.25 breaks it (so dopamine-rl, which requires that, is
     # installed without its dependencies: launch/setup.sh).

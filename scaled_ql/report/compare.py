@@ -24,11 +24,14 @@ from etils import epath
 
 from scaled_ql import cli, games, runs
 from scaled_ql.data import dqn_replay
-from scaled_ql.report import significance
+from scaled_ql.report import archive, significance
 
 _RUNS = flags.DEFINE_list("runs", None, "Run directories (trained and evaluated), or gs:// URIs.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Collector output with episodes.csv logs.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the table to this Markdown file.")
+_ARCHIVE = flags.DEFINE_string(
+  "archive", None, "Also keep the runs' small files and the data's episode logs in this "
+  "directory, to commit (scaled_ql/report/archive.py): the same table can be made from there.")
 _PROTOCOL = flags.DEFINE_enum("protocol", "dqn", ["dqn", "mgdt", "custom"], "Evaluations to use.")
 _CONFIRMATORY = flags.DEFINE_list(
   "confirmatory",
@@ -244,6 +247,12 @@ def main() -> None:
   print(table)
   if _OUTPUT.value:
     epath.Path(_OUTPUT.value).write_text(table + "\n")
+  if _ARCHIVE.value:
+    try:
+      kept = archive.archive(_RUNS.value, _ARCHIVE.value, _DATA_DIR.value)
+    except ValueError as e:
+      raise cli.UserError(str(e)) from None
+    print(f"Archived {len(kept)} runs in {_ARCHIVE.value}.")
 
 
 if __name__ == "__main__":
