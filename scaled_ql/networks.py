@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scaled_ql import compute
+
 # Q-value given to action slots a game does not have: never the argmax, exp() == 0 in
 # a logsumexp, and finite so that arithmetic on it stays NaN-free.
 ILLEGAL_ACTION_VALUE = -1e9
@@ -148,23 +150,27 @@ class GroupNorm(hk.Module):
     self._channels, self._scale_init, self._eps = channels, scale_init, eps
 
   def __call__(self, x):
+    """[B, H, W, C] in any float dtype -> the same dtype; statistics and the affine map in
+    float32 (a bfloat16 input is upcast: its mean of squares would lose the variance)."""
     batch_size, channels, groups = x.shape[0], self._channels, self._num_groups
+    x32 = x.astype(jnp.float32)
 
     def group_mean(per_channel):  # [B, C] -> the mean of each channel's group, [B, C]
       grouped = jnp.mean(per_channel.reshape(batch_size, groups, channels // groups), axis=-1)
       return jnp.repeat(grouped, channels // groups, axis=-1)
 
-    shift = jax.lax.stop_gradient(group_mean(x[:, 0, 0, :]))[:, None, None, :]  # [B, 1, 1, C]
-    shifted = x - shift
+    shift = jax.lax.stop_gradient(group_mean(x32[:, 0, 0, :]))[:, None, None, :]  # [B, 1, 1, C]
+    shifted = x32 - shift
     shifted_mean = group_mean(jnp.mean(shifted, axis=(1, 2)))  # [B, C]
     var = jnp.maximum(
       group_mean(jnp.mean(jnp.square(shifted), axis=(1, 2))) - jnp.square(shifted_mean), 0.0
     )
-    scale = hk.get_parameter("scale", (channels,), x.dtype, init=self._scale_init)
-    offset = hk.get_parameter("offset", (channels,), x.dtype, init=jnp.zeros)
-    mul = jax.lax.rsqrt(var + self._eps) * scale  # [B, C]
+    scale = hk.get_parameter("scale", (channels,), jnp.float32, init=self._scale_init)
+    offset = hk.get_parameter("offset", (channels,), jnp.float32, init=jnp.zeros)
+    mul = jax.lax.rsqrt(var + self._eps) * scale.astype(jnp.float32)  # [B, C]
     mean = shifted_mean + shift[:, 0, 0, :]
-    return x * mul[:, None, None, :] + (offset - mean * mul)[:, None, None, :]
+    bias = offset.astype(jnp.float32) - mean * mul
+    return (x32 * mul[:, None, None, :] + bias[:, None, None, :]).astype(x.dtype)
 
 
 def _max_pool_3_stride2_1d(x, axis):
@@ -224,12 +230,15 @@ class _Block(hk.Module):
 
 
 class ResNetTorso(hk.Module):
-  """ResNet-18/34/50/101 with GroupNorm, no pooling head: [B,84,84,4] -> [B,3,3,C]."""
+  """ResNet-18/34/50/101 with GroupNorm, no pooling head: [B,84,84,4] -> [B,3,3,C].
 
-  def __init__(self, stage_sizes, widths, bottleneck, num_groups, name=None):
+  With `remat`, each residual block is recomputed in the backward pass (its input is kept).
+  """
+
+  def __init__(self, stage_sizes, widths, bottleneck, num_groups, remat=False, name=None):
     super().__init__(name=name)
     self._stage_sizes, self._widths = stage_sizes, widths
-    self._bottleneck, self._num_groups = bottleneck, num_groups
+    self._bottleneck, self._num_groups, self._remat = bottleneck, num_groups, remat
 
   def __call__(self, x):
     x = hk.Conv2D(self._widths[0], 7, 2, with_bias=False, name="stem_conv")(x)
@@ -241,9 +250,10 @@ class ResNetTorso(hk.Module):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
         project = block == 0 and (stride != 1 or in_channels != out_channels)
-        x = _Block(
+        residual_block = _Block(
           width, stride, self._bottleneck, self._num_groups, project, f"stage{stage}_{block}"
-        )(x)
+        )
+        x = compute.maybe_remat(residual_block, self._remat)(x)
         in_channels = out_channels
     return x
 
@@ -317,32 +327,44 @@ class MultiGameHead(hk.Module):
 
 
 class ScaledQLNetwork(hk.Module):
-  """Torso, spatial embedding, projection, feature norm and per-game heads."""
+  """Torso, spatial embedding, projection, feature norm and per-game heads.
 
-  def __init__(self, config: NetworkConfig, num_actions: Sequence[int], name=None):
+  The torso, spatial embedding and projection compute in `compute.dtype`; the feature norm,
+  the heads and everything after them in float32 (see `scaled_ql.compute`).
+  """
+
+  def __init__(
+    self,
+    config: NetworkConfig,
+    num_actions: Sequence[int],
+    compute_config: compute.ComputeConfig = compute.FLOAT32,
+    name=None,
+  ):
     super().__init__(name=name)
     self._config = config.resolved()
     self._num_actions = tuple(int(a) for a in num_actions)
+    self._compute = compute_config
 
   def __call__(self, obs, game_id) -> NetworkOutput:
     config, num_atoms = self._config, self._config.atoms_per_action
     num_games, max_actions = len(self._num_actions), max(self._num_actions)
-    x = obs.astype(jnp.float32) / 255.0
     kind, stage_sizes, _, _, _ = _TORSOS[config.torso]
-    if kind in _NATURE_CONVS:
-      kernels, strides = _NATURE_CONVS[kind]
-      pool = 2 if kind == "pooled_nature" else 1
-      x = NatureTorso(config.widths, kernels, strides, pool, name="torso")(x)
-    else:
-      x = ResNetTorso(stage_sizes, config.widths, kind == "bottleneck", config.num_groups, "torso")(
-        x
-      )
-
-    if config.spatial_embedding:
-      x = SpatialEmbedding(config.spatial_embedding_features, name="spatial_embedding")(x)
-    else:
-      x = jnp.mean(x, axis=(1, 2))
-    x = jax.nn.relu(hk.Linear(config.projection_dim, name="projection")(x))
+    with compute.params_in(self._compute.dtype):
+      x = obs.astype(self._compute.dtype) / 255.0
+      if kind in _NATURE_CONVS:
+        kernels, strides = _NATURE_CONVS[kind]
+        pool = 2 if kind == "pooled_nature" else 1
+        x = NatureTorso(config.widths, kernels, strides, pool, name="torso")(x)
+      else:
+        torso = ResNetTorso(stage_sizes, config.widths, kind == "bottleneck", config.num_groups,
+                            self._compute.remat, name="torso")  # fmt: skip
+        x = torso(x)
+      if config.spatial_embedding:
+        x = SpatialEmbedding(config.spatial_embedding_features, name="spatial_embedding")(x)
+      else:
+        x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)
+      x = jax.nn.relu(hk.Linear(config.projection_dim, name="projection")(x))
+    x = x.astype(jnp.float32)
     if config.feature_norm:
       scale = config.feature_norm_scale or np.sqrt(config.projection_dim)
       x = scale * x * jax.lax.rsqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True) + 1e-12)
@@ -360,19 +382,24 @@ class ScaledQLNetwork(hk.Module):
     return NetworkOutput(q_values, logits, representation, legal_actions)
 
 
-def make_network(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Transformed:
+def make_network(
+  config: NetworkConfig,
+  num_actions: Sequence[int],
+  compute_config: compute.ComputeConfig = compute.FLOAT32,
+) -> hk.Transformed:
   """Builds the network; apply(params, obs, game_id) -> NetworkOutput (no rng).
 
   Args:
     config: the network configuration.
     num_actions: `num_actions[g]` is the minimal action-set size of game g.
+    compute_config: precision and rematerialisation (the parameters do not depend on them).
 
   Returns:
     A haiku Transformed with init(rng, obs uint8 [B,84,84,4], game_id int32 [B]).
   """
 
   def forward(obs, game_id):
-    return ScaledQLNetwork(config, num_actions, name="scaled_ql")(obs, game_id)
+    return ScaledQLNetwork(config, num_actions, compute_config, name="scaled_ql")(obs, game_id)
 
   return hk.without_apply_rng(hk.transform(forward))
 

@@ -20,6 +20,7 @@ from absl import logging
 
 from scaled_ql import (
   checkpointing,
+  compute,
   games,
   initialization,
   metrics,
@@ -58,6 +59,8 @@ def train(
   data_quality: str | None = None,
   phase: str = "pretrain",
   data_shards: int | None = None,
+  precision: str = "float32",
+  remat: bool = False,
 ) -> dict[str, float]:
   """Trains `method` on the games' data.
 
@@ -89,11 +92,17 @@ def train(
       on this number only, not on the number of processes: fix it (e.g. 64) to resume a run on
       another number of hosts with the same data stream. Each shard is its own `dataset_fn`
       source, with its own memory (a ReplayDataset's pool_rows is per shard).
+    precision: "float32", "bfloat16" (the networks' bulk computes in bfloat16; parameters,
+      optimizer state and losses stay float32) or "auto" (bfloat16 on TPU and GPU, float32 on
+      CPU); see `scaled_ql.compute`. A run may resume in another precision (with a warning).
+    remat: recompute each residual / transformer block in the backward pass (less activation
+      memory, about a third more FLOPs; `python -m scaled_ql.plan` says when it is needed).
 
   Returns:
     The last logged metrics (host floats).
   """
   # -- Validate and build before any compute.
+  compute_config = compute.resolve(precision, remat)
   games.validate_games(game_names)
   if num_grad_steps < 0:
     raise ValueError(f"num_grad_steps must be >= 0 (0: evaluate the initial parameters), got "
@@ -123,17 +132,24 @@ def train(
     data_shards=num_shards,
     num_processes=jax.process_count(),
     ema_decay=ema_decay,
+    precision=precision,
+    compute_dtype=compute_config.dtype.name,
+    remat=compute_config.remat,
   )
   if checkpointing.has_checkpoint(workdir):
     runs.check_same_run(workdir, run_info, _IDENTITY_FIELDS)
-    stored_shards = (runs.read_run_info(workdir) if runs.is_run(workdir) else {}).get(
-      "data_shards", num_shards
-    )
+    stored = runs.read_run_info(workdir) if runs.is_run(workdir) else {}
+    stored_shards = stored.get("data_shards", num_shards)
+    stored_dtype = stored.get("compute_dtype", "float32")  # Runs before the knob: float32.
+    if stored_dtype != run_info["compute_dtype"]:
+      logging.warning("The run computed in %s and continues in %s (train.precision = %r): the "
+                      "same parameters, other numerics.", stored_dtype, run_info["compute_dtype"],
+                      precision)  # fmt: skip
     if stored_shards != num_shards:
       logging.warning("The run's data was split into %d shards, now %d: its batches from here on "
                       "differ from an uninterrupted run's (bind train.data_shards = %d to keep "
                       "them).", stored_shards, num_shards, stored_shards)  # fmt: skip
-  learner = method.build(game_names)
+  learner = method.build(game_names, compute_config)
   if init_from is not None:
     learner = init_from.adapt(learner)
   # Whatever stops the run (an error included), what was opened is closed, in reverse order.

@@ -17,6 +17,7 @@ is the DT's only haiku code; `make_network` is its one `hk.transform` site.
 """
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import haiku as hk
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaled_ql import games, types
+from scaled_ql import compute, games, types
 
 FRAME_SIZE = types.OBSERVATION_SHAPE[0]  # 84
 NUM_REWARD_CLASSES = 4  # 0 none, 1 positive, 2 terminal, 3 negative (MGDT)
@@ -189,19 +190,29 @@ class SelfAttention(hk.Module):
     if queries is not None:
       q, mask = q[:, :, queries], mask[queries]  # [B, H, Q, D / H], [Q, S]
     q = q / np.sqrt(width // heads).astype(x.dtype)  # Less work than scaling the logits.
-    logits = q @ jnp.swapaxes(k, 2, 3)  # [B, H, Q, S]
-    weights = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1)
+    logits = (q @ jnp.swapaxes(k, 2, 3)).astype(jnp.float32)  # [B, H, Q, S]: softmax in float32
+    weights = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1).astype(x.dtype)
     out = jnp.swapaxes(weights @ v, 1, 2).reshape(batch, q.shape[2], width)  # [B, Q, D]
     w_out, b_out = linear("linear")
     return out @ w_out + b_out
 
 
 class DecisionTransformer(hk.Module):
-  """Token embeddings, the block-causal transformer and the three read-outs."""
+  """Token embeddings, the block-causal transformer and the three read-outs.
 
-  def __init__(self, config: TransformerConfig, name=None):
+  The residual stream, its LayerNorms and the read-outs are float32; each block's attention
+  and MLP compute in `compute_config.dtype` (see `scaled_ql.compute`), and with
+  `compute_config.remat` each block is recomputed in the backward pass.
+  """
+
+  def __init__(
+    self,
+    config: TransformerConfig,
+    compute_config: compute.ComputeConfig = compute.FLOAT32,
+    name=None,
+  ):
     super().__init__(name=name)
-    self._config = config
+    self._config, self._compute = config, compute_config
 
   def _embed(self, obs, return_bins, actions, reward_classes):
     """-> tokens float32 [B, T * tokens_per_step, D]."""
@@ -241,18 +252,10 @@ class DecisionTransformer(hk.Module):
       np.arange(config.context_steps) * config.tokens_per_step,
       config.num_patches + np.arange(-1, 2),
     ).ravel()  # [3T] positions, by step then read-out
-    init = hk.initializers.VarianceScaling(2.0 / config.num_layers)
     for i in range(config.num_layers):
       queries = read_outs if i == config.num_layers - 1 else None
-      x = hk.LayerNorm(-1, True, True, name=f"block{i}_ln_attention")(h)
-      x = SelfAttention(config.num_heads, init, name=f"block{i}_attention")(x, mask, queries)
-      if queries is not None:
-        h = h[:, queries]  # [B, 3T, D]
-      h += _dropout(x, dropout)
-      x = hk.LayerNorm(-1, True, True, name=f"block{i}_ln_mlp")(h)
-      x = hk.Linear(4 * config.width, w_init=init, name=f"block{i}_mlp_in")(x)
-      x = hk.Linear(config.width, w_init=init, name=f"block{i}_mlp_out")(jax.nn.gelu(x))
-      h += _dropout(x, dropout)
+      block = functools.partial(self._block, i, mask=mask, queries=queries, dropout=dropout)
+      h = compute.maybe_remat(block, self._compute.remat)(h)
     h = hk.LayerNorm(-1, True, True, name="ln_final")(h)
     h = h.reshape(h.shape[0], config.context_steps, 3, config.width)  # [B, T, 3, D]
     return TransformerOutput(
@@ -261,17 +264,38 @@ class DecisionTransformer(hk.Module):
       reward_logits=hk.Linear(NUM_REWARD_CLASSES, name="reward_head")(h[:, :, 2]),
     )
 
+  def _block(self, i: int, h, mask, queries, dropout: float):
+    """Block i: float32 h [B, S, D] -> [B, S, D] (the last block: [B, Q, D], only `queries`)."""
+    config, dtype = self._config, self._compute.dtype
+    init = hk.initializers.VarianceScaling(2.0 / config.num_layers)
+    x = hk.LayerNorm(-1, True, True, name=f"block{i}_ln_attention")(h)
+    with compute.params_in(dtype):
+      x = SelfAttention(config.num_heads, init, name=f"block{i}_attention")(
+        x.astype(dtype), mask, queries
+      )
+    if queries is not None:
+      h = h[:, queries]  # [B, 3T, D]
+    h += _dropout(x, dropout)
+    x = hk.LayerNorm(-1, True, True, name=f"block{i}_ln_mlp")(h)
+    with compute.params_in(dtype):
+      x = hk.Linear(4 * config.width, w_init=init, name=f"block{i}_mlp_in")(x.astype(dtype))
+      x = hk.Linear(config.width, w_init=init, name=f"block{i}_mlp_out")(jax.nn.gelu(x))
+    return h + _dropout(x, dropout)
+
 
 def _dropout(x, rate: float):
   return hk.dropout(hk.next_rng_key(), rate, x) if rate > 0 else x
 
 
-def make_network(config: TransformerConfig) -> hk.Transformed:
+def make_network(
+  config: TransformerConfig, compute_config: compute.ComputeConfig = compute.FLOAT32
+) -> hk.Transformed:
   """init(rng, obs, return_bins, actions, reward_classes, is_training) and apply(params, rng,
-  ...) -> TransformerOutput (rng may be None when not training)."""
+  ...) -> TransformerOutput (rng may be None when not training). `compute_config`: precision
+  and rematerialisation (the parameters do not depend on them)."""
 
   def forward(obs, return_bins, actions, reward_classes, is_training=False):
-    return DecisionTransformer(config, name="decision_transformer")(
+    return DecisionTransformer(config, compute_config, name="decision_transformer")(
       obs, return_bins, actions, reward_classes, is_training
     )
 

@@ -238,7 +238,28 @@ def test_bad_input_fails_before_compute(shard_dir, tmp_path):
   assert "/nonexistent/shards" in message
   message = pretrain_failing(workdir, shard_dir, "data.ReplayDataset.seed = 3")
   assert "seed" in message  # The trainer passes the seed: binding it would be ignored.
+  message = pretrain_failing(workdir, shard_dir, "train.precision = 'fp16'")
+  assert message.strip() == (
+    "error: train.precision = 'fp16' is not one of 'float32', 'bfloat16', 'auto'."
+  )
   assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_a_bfloat16_run_trains_checkpoints_resumes_in_float32_and_evaluates(shard_dir, tmp_path):
+  workdir = str(tmp_path / "run")
+  bf16 = "train.precision = 'bfloat16'"
+  run("scaled_ql.pretrain", *pretrain_args(workdir, shard_dir, "train.num_grad_steps = 3", bf16))
+  with open(os.path.join(workdir, "run_info.json")) as f:
+    info = json.load(f)
+  assert (info["precision"], info["compute_dtype"], info["remat"]) == ("bfloat16", "bfloat16", False)
+  # The checkpoint holds the float32 parameters; a float32 resume is allowed, with a warning.
+  assert {x.dtype for x in jax_leaves(restore_params(workdir, 3))} == {np.dtype(np.float32)}
+  resumed = pretrain(workdir, shard_dir, 5)
+  assert "The run computed in bfloat16 and continues in float32" in resumed.stderr
+  rows = metrics_rows(workdir)
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5]
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+  assert [r["step"] for r in rows if "eval/Breakout/return" in r] == [3, 5]
 
 
 def test_a_changed_configuration_is_not_resumed(shard_dir, tmp_path):

@@ -1,7 +1,7 @@
 """The method seam: what a method builds for the trainer.
 
     method = ScaledQL(network=..., td_loss=C51(), cql_alpha=0.05)     (a gin-bound dataclass)
-    learner = method.build(game_names)                               (everything but data, state)
+    learner = method.build(game_names, compute_config)    (everything but data, state)
     trainer: params = learner.init(rng); loss_fn(params, target_params, batch, rng); ...
 
 `loading.py` rebuilds a run's method and policy from its run directory.
@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import optax
 
-from scaled_ql import types
+from scaled_ql import compute, types
 
 Params = Any  # A pytree of arrays.
 
@@ -69,8 +69,11 @@ class Method(Protocol):
 
   name: str
 
-  def build(self, game_names: Sequence[str]) -> Learner:
-    """Builds the learner for these games (game_id = index in the list)."""
+  def build(
+    self, game_names: Sequence[str], compute_config: compute.ComputeConfig = compute.FLOAT32
+  ) -> Learner:
+    """Builds the learner for these games (game_id = index in the list), its networks computing
+    as `compute_config` says (precision, rematerialisation: the parameters do not depend on it)."""
     ...
 
   def config(self) -> dict:

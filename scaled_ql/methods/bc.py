@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from scaled_ql import losses, networks, optimizers, types
+from scaled_ql import compute, losses, networks, optimizers, types
 from scaled_ql.methods import base, q_network
 
 
@@ -44,10 +44,12 @@ class BC:
       name=config["name"],
     )
 
-  def build(self, game_names: Sequence[str]) -> base.Learner:
+  def build(
+    self, game_names: Sequence[str], compute_config: compute.ComputeConfig = compute.FLOAT32
+  ) -> base.Learner:
     return q_network.build_learner(
       self.network, game_names, make_loss, self.optimizer_fn(), None, samples=True,
-      act_by_sampling=self.act_by_sampling,
+      act_by_sampling=self.act_by_sampling, compute_config=compute_config,
     )  # fmt: skip
 
 

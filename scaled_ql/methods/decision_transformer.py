@@ -45,7 +45,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from scaled_ql import games, losses, optimizers, types
+from scaled_ql import compute, games, losses, optimizers, types
 from scaled_ql import transformer as transformer_lib
 from scaled_ql.methods import base
 
@@ -168,9 +168,11 @@ class DecisionTransformer:
     shape = {k: tuple(v) if isinstance(v, list) else v for k, v in config["transformer"].items()}
     return cls(**{**config, "transformer": transformer_lib.TransformerConfig(**shape)})
 
-  def build(self, game_names: Sequence[str]) -> base.Learner:
+  def build(
+    self, game_names: Sequence[str], compute_config: compute.ComputeConfig = compute.FLOAT32
+  ) -> base.Learner:
     games.validate_games(game_names)
-    network = transformer_lib.make_network(self.transformer)
+    network = transformer_lib.make_network(self.transformer, compute_config)
     tables = action_tables(game_names)
     example = types.zeros_window_batch(1)
     zeros = jnp.zeros((1, STEPS), jnp.int32)

@@ -9,7 +9,7 @@ import importlib
 
 import jax
 
-from scaled_ql import checkpointing, runs, sharding
+from scaled_ql import checkpointing, compute, runs, sharding
 from scaled_ql.methods.base import Method
 
 
@@ -43,19 +43,25 @@ def evaluated_params_field(info: dict) -> str:
   return "ema_params" if info.get("ema_decay", 0.0) > 0 else "params"
 
 
-def restore_params(workdir: str, step: int | None = None, field: str | None = None):
+def restore_params(
+  workdir: str,
+  step: int | None = None,
+  field: str | None = None,
+  compute_config: compute.ComputeConfig = compute.FLOAT32,
+):
   """Restores a run's parameters from its checkpoint.
 
   Args:
     workdir: a run directory written by the trainer.
     step: the checkpoint step; the latest when None.
     field: "params" or "ema_params"; by default the ones its policy acts with.
+    compute_config: how the rebuilt learner's networks compute (the parameters are the same).
 
   Returns:
     (params, learner, run_info, step); params placed on the local devices.
   """
   info = runs.read_run_info(workdir)
-  learner = load_method(info).build(info["game_names"])
+  learner = load_method(info).build(info["game_names"], compute_config)
   field = field or evaluated_params_field(info)
   shapes = jax.eval_shape(learner.init, jax.random.PRNGKey(0))
   abstract = sharding.replicated_shapes(shapes, sharding.make_mesh())

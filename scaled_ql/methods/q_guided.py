@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaled_ql import checkpointing, initialization, multihost, types
+from scaled_ql import checkpointing, compute, initialization, multihost, types
 from scaled_ql.methods import base, loading
 
 
@@ -74,14 +74,18 @@ class QGuided:
       run, checkpointing.CHECKPOINT_SUBDIR, str(step)
     )
 
-  def build(self, game_names: Sequence[str]) -> base.Learner:
-    proposal = self.proposal.build(game_names)
+  def build(
+    self, game_names: Sequence[str], compute_config: compute.ComputeConfig = compute.FLOAT32
+  ) -> base.Learner:
+    proposal = self.proposal.build(game_names, compute_config)
     if proposal.sample_actions is None:
       raise ValueError(
         f"QGuided.proposal: {self.proposal.name} does not sample actions; propose with "
         "@methods.BC() or @methods.DecisionTransformer()."
       )
-    critic_params, critic, critic_games = _load_critic(self._critic_checkpoint(), game_names)
+    critic_params, critic, critic_games = _load_critic(
+      self._critic_checkpoint(), game_names, compute_config
+    )
     k = self.num_samples
 
     def best_of_k(params, rng, batch):
@@ -113,11 +117,11 @@ class QGuided:
     )
 
 
-def _load_critic(critic_from: str, game_names: Sequence[str]):
+def _load_critic(critic_from: str, game_names: Sequence[str], compute_config):
   """(params, learner, game_id -> the critic's game_id int32 [G]); one clear error if unfit."""
   run, step = initialization.InitFrom(critic_from).run_and_step()
   try:
-    params, learner, info, _ = loading.restore_params(run, step)
+    params, learner, info, _ = loading.restore_params(run, step, compute_config=compute_config)
   except (FileNotFoundError, ValueError) as e:
     raise ValueError(f"QGuided.critic_from={critic_from!r}: cannot load a run there ({e}).") from e
   if learner.q_values is None:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scaled_ql import games, networks, types
+from scaled_ql import compute, games, networks, types
 from scaled_ql.methods import base
 
 HEADS_MODULE = "heads"
@@ -35,6 +35,7 @@ def build_learner(
   target_update_period: int | None,
   samples: bool = False,
   act_by_sampling: bool = False,
+  compute_config: compute.ComputeConfig = compute.FLOAT32,
 ) -> base.Learner:
   """The learner of a method on this network, given its loss.
 
@@ -47,9 +48,11 @@ def build_learner(
     samples: the network's action values are a policy's logits (BC): the learner and its
       policies can draw actions from softmax(logits) over the game's actions.
     act_by_sampling: with `samples`, the policy plays such a draw instead of the argmax.
+    compute_config: the network's precision and rematerialisation.
   """
   games.validate_games(game_names)
-  network = networks.make_network(config, [games.num_actions(g) for g in game_names])
+  num_actions = [games.num_actions(g) for g in game_names]
+  network = networks.make_network(config, num_actions, compute_config)
   example = types.zeros_batch(1)
 
   def q_values(params, obs, game_id):  # -> [B, A_max], illegal slots very negative

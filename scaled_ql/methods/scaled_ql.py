@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from scaled_ql import losses, networks, optimizers, types
+from scaled_ql import compute, losses, networks, optimizers, types
 from scaled_ql.methods import base, q_network
 
 _TD_LOSSES = {"C51": losses.C51, "MSE": losses.MSE}
@@ -68,10 +68,13 @@ class ScaledQL:
     td_loss = _TD_LOSSES[config["td_loss"]]()
     return cls(**{**config, "network": network, "td_loss": td_loss})
 
-  def build(self, game_names: Sequence[str]) -> base.Learner:
+  def build(
+    self, game_names: Sequence[str], compute_config: compute.ComputeConfig = compute.FLOAT32
+  ) -> base.Learner:
     return q_network.build_learner(
-      self.network, game_names, self.make_loss, self.optimizer_fn(), self.target_update_period
-    )
+      self.network, game_names, self.make_loss, self.optimizer_fn(), self.target_update_period,
+      compute_config=compute_config,
+    )  # fmt: skip
 
   def make_loss(self, apply_fn, num_games: int):
     """loss_fn(params, target_params, batch, rng) -> (loss [], metrics)."""
