@@ -4,6 +4,7 @@ Only entry points import this module (it imports every layer, to register it). g
 builders and entry points only; modules, losses and data functions receive plain values.
 """
 
+import inspect
 import logging as std_logging
 import os
 from collections.abc import Sequence
@@ -89,3 +90,12 @@ def parse_gin(gin_files: Sequence[str], gin_bindings: Sequence[str]) -> None:
     raise UserError(f"bad gin configuration: {' '.join(str(e).split())}") from e
   finally:
     std_logging.disable(std_logging.NOTSET)
+
+
+def train_arguments() -> dict:
+  """`trainer.train`'s keyword arguments as the parsed gin configures them: the bound values,
+  else the function's defaults (a required one that is not bound is absent)."""
+  parameters = inspect.signature(trainer.train).parameters.values()
+  defaults = {p.name: p.default for p in parameters
+              if p.kind is p.KEYWORD_ONLY and p.default is not gin.REQUIRED}  # fmt: skip
+  return {**defaults, **gin.get_bindings("train")}

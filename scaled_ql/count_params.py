@@ -16,11 +16,11 @@ def main() -> None:
   gin_files, gin_bindings = cli.gin_files_and_bindings(required=False)
   if gin_files:
     configurables.parse_gin(gin_files, gin_bindings)
-    bindings = gin.get_bindings("train")
+    arguments = configurables.train_arguments()
     # A model file alone (models/*.gin) binds only the network.
-    method = bindings.get("method")
+    method = arguments.get("method")
     network_config = method.network if method else gin.get_configurable(networks.NetworkConfig)()
-    game_names = bindings.get("game_names", games.TRAIN_GAMES)
+    game_names = arguments.get("game_names", games.TRAIN_GAMES)
   else:
     network_config, game_names = networks.NetworkConfig(torso=_MODEL.value), games.TRAIN_GAMES
   num_actions = [games.num_actions(game) for game in game_names]

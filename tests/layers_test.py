@@ -11,7 +11,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENTRY_POINTS = {"scaled_ql.pretrain", "scaled_ql.finetune", "scaled_ql.evaluate", "scaled_ql.count_params",
-                "scaled_ql.configurables", "scaled_ql.cli"}  # fmt: skip
+                "scaled_ql.plan", "scaled_ql.configurables", "scaled_ql.cli"}  # fmt: skip
 
 
 def _module_path(name: str) -> pathlib.Path | None:

@@ -1,0 +1,74 @@
+"""The memory planner: its figures are those of a compile of the trainer's step, its line
+predicts other batches, bad input is refused in one line before anything compiles."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scaled_ql import compute, networks, plan, train_step
+from scaled_ql.cli import UserError
+from scaled_ql.methods.scaled_ql import ScaledQL
+
+TINY = networks.NetworkConfig(torso="small", widths=(8, 8, 8, 8), projection_dim=16)
+TRAINING = plan.Training("tiny", ScaledQL(network=TINY), ("Breakout", "Pong"), 64, 0.0)
+
+
+def test_the_planners_figures_are_a_measured_compiles_and_its_line_predicts_other_batches():
+  small, large = (plan.footprint(TRAINING, compute.FLOAT32, b) for b in (4, 16))
+
+  # The same step compiled here, from real arrays, as the trainer makes it.
+  learner = TRAINING.method.build(TRAINING.game_names)
+  state = train_step.init_train_state(jax.random.PRNGKey(0), learner.init, learner.optimizer)
+  batch = learner.example_batch(4)
+  step_fn = train_step.make_train_step(learner.loss_fn, learner.optimizer, 2000)
+  compiled = step_fn.lower(state, jax.tree.map(jnp.asarray, batch)).compile()
+  memory = compiled.memory_analysis()
+  assert small.argument_bytes == memory.argument_size_in_bytes
+  assert small.temp_bytes == memory.temp_size_in_bytes
+  assert small.flops == compiled.cost_analysis()["flops"]
+  # The arguments are the train state and the batch, byte for byte.
+  nbytes = sum(np.asarray(x).nbytes for x in jax.tree.leaves((state, batch)))
+  assert small.argument_bytes == nbytes
+  assert small.alias_bytes > 0.9 * small.output_bytes  # the state is donated
+
+  line = plan.Line.through(small, large)
+  assert line.per_example_bytes > 0 and line.fixed_bytes > 0
+  measured = plan.footprint(TRAINING, compute.FLOAT32, 64)
+  assert abs(line.peak_bytes(64) - measured.peak_bytes) < 0.1 * measured.peak_bytes
+  # A memory that holds 32 examples but not 64 gives 32 per device.
+  memory_bytes = (line.peak_bytes(32) + line.peak_bytes(64)) / 2
+  assert plan.largest_batch(line, memory_bytes, 64) == 32
+  assert plan.largest_batch(line, line.fixed_bytes / 2, 64) is None  # not even the state
+
+
+def test_devices_are_named_or_sized_and_the_batch_must_divide():
+  assert plan.parse_devices(["v3", "24GiB"]) == {
+    "TPU v3 core 16 GiB": 16 * 2**30,
+    "24GiB": 24 * 2**30,
+  }
+  with pytest.raises(UserError, match=r"unknown device 'v5'.*known: v3 \(TPU v3 core, 16 GiB\)"):
+    plan.parse_devices(["v5"])
+  with pytest.raises(UserError, match="--per_device_batch=12 does not divide the global batch 512"):
+    plan.check_per_device_batch(12, 512)
+  plan.check_per_device_batch(16, 512)
+
+
+@pytest.mark.parametrize(
+  "flag, message",
+  [
+    ("--per_device_batch=3", "error: --per_device_batch=3 does not divide the global batch 8"),
+    ("--devices=v3,tpu5", "error: unknown device 'tpu5' in --devices; known: v3"),
+  ],
+)
+def test_bad_input_is_one_line_before_compiling(flag, message):
+  result = subprocess.run(
+    [sys.executable, "-m", "scaled_ql.plan", "--gin_file=debug.gin", flag],
+    capture_output=True, text=True, timeout=300,
+  )  # fmt: skip
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(message)
+  assert "|" not in result.stdout  # no table: nothing compiled
