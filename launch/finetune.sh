@@ -21,6 +21,8 @@
 #                                budgets, gin/local_finetune_*.gin, or the paper's)
 #   ROWS=50000                   rows of each collected checkpoint (without SHARD_DIR)
 #   PROTOCOL=dqn                 the evaluations the report reads (custom: a gin-set protocol)
+#   BINDINGS=                    extra gin bindings for every run, ';'-separated (tests shrink
+#                                runs; launch/transfer.sh passes its own through)
 # Every run resumes: run it again after an interruption and it continues.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,11 @@ if [ ! -e "$INIT_FROM/run_info.json" ] && [ ! -e "$INIT_FROM/../../run_info.json
     "set INIT_FROM to a run directory" >&2
   exit 2
 fi
+extra=()
+IFS=';' read -ra bindings <<<"${BINDINGS:-}"
+for binding in "${bindings[@]}"; do
+  [ -n "$binding" ] && extra+=(--gin_bindings="$binding")
+done
 
 if [ -n "$OFFLINE" ] && [ -z "${SHARD_DIR:-}" ]; then
   SHARD_DIR=$WORKDIR/data/shards
@@ -58,7 +65,7 @@ run() {  # run MODE NAME INIT SEED [flags...]
   [ "$init" = scratch ] && from=(--init_from=none --network_from="$INIT_FROM") && label=scratch
   echo "== $mode fine-tuning: $name, $label, seed $seed"
   $PY -m scaled_ql.finetune --mode="$mode" "${from[@]}" --seed="$seed" \
-    --workdir="$WORKDIR/$mode/$name/${label}_seed$seed" "${gin[@]}" "$@"
+    --workdir="$WORKDIR/$mode/$name/${label}_seed$seed" "${gin[@]}" "$@" "${extra[@]}"
 }
 
 for seed in $SEEDS; do

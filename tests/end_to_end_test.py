@@ -15,10 +15,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.data import replay_fixtures as rf
-
-GAMES = "Breakout,Pong"
-
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess:
   result = subprocess.run(
@@ -28,11 +24,6 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
     f"{module} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
   )
   return result
-
-
-@pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory):
-  return rf.collected_shards(str(tmp_path_factory.mktemp("data")), GAMES)
 
 
 def pretrain_args(workdir, shard_dir, *bindings: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Every gin file parses with unknown bindings as errors and builds its network and loss."""
 
 import pathlib
+import re
 
 import gin
 import jax
@@ -17,6 +18,10 @@ GIN_FILES = sorted(
   for p in pathlib.Path(configurables.GIN_DIR).rglob("*.gin")
 )
 SHARD_DIR_BINDING = "data.ReplayDataset.shard_dir = '/nonexistent/shards'"
+# launch/ablations.sh's arms: gin/local_ablations/ARM.gin.
+LOCAL_ARMS = sorted(
+  p.stem for p in (pathlib.Path(configurables.GIN_DIR) / "local_ablations").glob("*.gin")
+)
 
 
 def test_gin_files_are_found():
@@ -38,7 +43,7 @@ def _files_for(gin_file: str) -> list[str]:
   """Fragments are included by the runnable files: build them inside one."""
   if gin_file.startswith("models/dt_"):
     return ["baselines/dt.gin", gin_file]
-  if gin_file.startswith("methods/"):
+  if gin_file.startswith(("methods/", "ablations/fragments/")):
     return ["debug.gin", gin_file]
   if gin_file == "base.gin" or gin_file.startswith("models/"):
     return ["base.gin", gin_file]
@@ -91,3 +96,32 @@ def test_typo_is_a_clear_error():
     configurables.parse_gin(["debug.gin"], ["ScaledQL.cql_alfa = 1.0"])
   with pytest.raises(cli.UserError, match="not found. Available in gin/: .*debug.gin"):
     configurables.parse_gin(["no_such_file.gin"], [])
+
+
+@pytest.mark.parametrize("model", ["small_narrow", "small", "small_wide"])
+def test_scaling_sizes_state_their_parameter_counts(model):
+  """Each size of launch/scaling.sh states its count with the embedded default's games."""
+  text = (pathlib.Path(configurables.GIN_DIR) / "models" / f"{model}.gin").read_text()
+  stated = int(re.search(r"([\d,]+) parameters with the embedded default's 4 games",
+                         text).group(1).replace(",", ""))  # fmt: skip
+  configurables.parse_gin(["local.gin", f"models/{model}.gin"], [SHARD_DIR_BINDING])
+  bindings = gin.get_bindings("train")
+  num_actions = [games.num_actions(g) for g in bindings["game_names"]]
+  assert networks.count_params(bindings["method"].network, num_actions)["total"] == stated
+
+
+@pytest.mark.parametrize("arm", LOCAL_ARMS)
+def test_ablation_arms_are_local_gin_with_one_change_and_their_own_name(arm):
+  """launch/ablations.sh's arm ARM is local.gin plus the paper-scale file's fragment, and its
+  runs are named (and reported as) scaled_ql_ARM."""
+  configurables.parse_gin([f"local_ablations/{arm}.gin"], [SHARD_DIR_BINDING])
+  method = gin.get_bindings("train")["method"]
+  configurables.parse_gin(["local.gin", f"ablations/fragments/{arm}.gin"], [SHARD_DIR_BINDING])
+  assert gin.get_bindings("train")["method"].config() == method.config()
+  assert method.name == f"scaled_ql_{arm}"
+  configurables.parse_gin(["local.gin"], [SHARD_DIR_BINDING])
+  base = gin.get_bindings("train")["method"].config()
+  changed = {k for k, v in method.config().items() if base[k] != v}
+  assert "name" in changed and len(changed) > 1, changed  # The name and the arm's change.
+  configurables.parse_gin([f"ablations/{arm}.gin"], [SHARD_DIR_BINDING])  # Paper scale.
+  assert gin.get_bindings("train")["method"].name == method.name

@@ -17,6 +17,7 @@ import matplotlib.image
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from scipy import stats
 
 from scaled_ql import cli, games, runs
 from scaled_ql.report import build, compare, plots, scores, significance, tables
@@ -451,3 +452,36 @@ def test_the_confirmatory_family_is_declared_by_flag():
   ]  # fmt: skip
   with pytest.raises(cli.UserError, match="'scaled_ql' is not A:B"):
     compare._parse_confirmatory(["scaled_ql"])
+
+
+def test_compare_by_run_name_tests_the_declared_change_of_a_margin(tmp_path):
+  """launch/data_quality.sh's table: one method's runs on two data selections form a column
+  per run name (by method, one column would mix them: refused), and the declared margin
+  `scaled_ql_early-bc_early:scaled_ql-bc` is tested."""
+  # Per seed, Scaled QL's margin over BC: 10, 11, 9.5 on the early data, 3, 2.5, 3.5 on all.
+  means = {"scaled_ql_early": [12.0, 13.0, 12.5], "bc_early": [2.0, 2.0, 3.0],
+           "scaled_ql": [5.0, 4.5, 6.5], "bc": [2.0, 2.0, 3.0]}  # fmt: skip
+  paths = []
+  for name, by_seed in means.items():
+    for seed, mean in enumerate(by_seed):
+      paths.append(str(tmp_path / (name + (f"_seed{seed}" if seed else ""))))
+      info = _pretrain_info(name.removesuffix("_early"), seed)
+      info["data_quality"] = "early" if name.endswith("_early") else "all"
+      _write_run(paths[-1], {"Breakout": [mean - 1.0, mean + 1.0]}, **info)
+  with pytest.raises(cli.UserError, match="column scaled_ql would mix runs of different "
+                     "data_quality all, early: give them distinct method names"):  # fmt: skip
+    compare.compare(paths, None, "custom")
+  declared = [("scaled_ql_early", "bc_early"), ("scaled_ql_early-bc_early", "scaled_ql-bc")]
+  table = compare.compare(paths, None, "custom", declared, columns="run_name", strict=True)
+  assert "| scaled_ql_early @ step 10 | scaled_ql_early HNS | bc_early @ step 10 |" in table
+  assert ("scaled_ql_early vs bc_early and scaled_ql_early-bc_early vs scaled_ql-bc (the "
+          "margin of scaled_ql_early over bc_early against that of scaled_ql over bc)"
+          ) in table  # fmt: skip
+  # Welch's t on the margins (10, 11, 9.5) and (3, 2.5, 3.5): t = 13.6 on 3.4 degrees of
+  # freedom, p = 0.0004, the family's smallest: Holm's first step doubles it (2 comparisons).
+  p_value = stats.ttest_ind([10, 11, 9.5], [3, 2.5, 3.5], equal_var=False).pvalue
+  assert ("- scaled_ql_early-bc_early vs scaled_ql-bc (margins: paired, 3 seeds; paired, 3 "
+          f"seeds): above on 1 (Breakout {compare._p(2 * p_value)}), below on 0, no difference "
+          "detected on 0 of 1 games.") in table.splitlines()  # fmt: skip
+  with pytest.raises(cli.UserError, match="'scaled_ql_erly' is not a column"):
+    compare.compare(paths, None, "custom", [("scaled_ql_erly", "bc_early")], "run_name", True)

@@ -61,6 +61,39 @@ def test_tests_equal_scipys():
   assert cell.basis == "3 runs × 2"
 
 
+def test_margins_equal_scipys_welch_on_the_seeds_differences():
+  """A declared pair of margins, (a - b) vs (c - d): each margin per seed where its columns are
+  paired, the two margins compared by Welch's t (scipy's on the per-seed differences); unpaired
+  columns contribute their own variances (Welch-Satterthwaite by hand)."""
+  a, b = [5.0, 7.0, 6.0], [1.0, 2.0, 2.5]  # Margins 4, 5, 3.5.
+  c, d = [3.0, 2.0, 4.0, 3.5], [2.0, 2.0, 1.0, 3.0]  # Margins 1, 0, 3, 0.5.
+
+  def column(values, paired=True):
+    return [_run({"Carnival": [x]}, *([("seed", k)] if paired else [])) for k, x in
+            enumerate(values)]  # fmt: skip
+
+  columns = {"a": column(a), "b": column(b), "c": column(c), "d": column(d)}
+  table = sig.compare_columns(columns, confirmatory=[(("a", "b"), ("c", "d"))])
+  (margins,) = [c for c in table.comparisons if c.a == "a-b"]
+  assert margins.b == "c-d" and margins.family == "confirmatory"
+  assert margins.design == "margins: paired, 3 seeds; paired, 4 seeds"
+  first, second = np.subtract(a, b), np.subtract(c, d)
+  assert margins.difference == pytest.approx(first.mean() - second.mean())
+  assert margins.p_value == pytest.approx(stats.ttest_ind(first, second, equal_var=False).pvalue)
+  # Unpaired columns: four independent means.
+  columns["c"], columns["d"] = column(c, paired=False), column(d, paired=False)
+  table = sig.compare_columns(columns, confirmatory=[(("a", "b"), ("c", "d"))])
+  (margins,) = [c for c in table.comparisons if c.a == "a-b"]
+  assert margins.design == "margins: paired, 3 seeds; 4 vs 4 runs"
+  parts = [(np.var(first, ddof=1) / 3, 2), (np.var(c, ddof=1) / 4, 3), (np.var(d, ddof=1) / 4, 3)]
+  variance = sum(v for v, _ in parts)
+  df = variance**2 / sum(v**2 / k for v, k in parts)
+  t = (first.mean() - (np.mean(c) - np.mean(d))) / np.sqrt(variance)
+  assert margins.p_value == pytest.approx(2 * stats.t.sf(abs(t), df))
+  with pytest.raises(ValueError, match="four distinct methods"):
+    sig.compare_columns(columns, confirmatory=[(("a", "b"), ("a", "d"))])
+
+
 def test_one_run_gets_no_verdict_and_an_interval_over_its_episodes():
   columns = {
     "scaled_ql": [_run({"Breakout": [1.7, 30.5]}, ("seed", 0))],

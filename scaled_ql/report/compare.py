@@ -7,16 +7,20 @@ Prints (and with --output writes as Markdown) first the declared confirmatory fa
 row per game and one for the IQM of human-normalised scores: the behaviour policy's average
 score in the data (the mean of its checkpoints' means) and, when the data has several
 checkpoints of a schedule of behaviour quality, its best checkpoint's; then each method's latest
-evaluations, the runs of one method (its seeds) forming one column. Then the verdicts: for each
-pair of columns, where one scored above or below the other, from t-tests over runs that are
-Holm-corrected within the confirmatory family and within the exploratory one
-(`significance` has the procedure, docs/verdicts.md its simulated error rates). A column with
-one run gets no verdict; where no difference is detected, that is all that is said.
+evaluations, the runs of one method (its seeds) forming one column, or with
+--columns=run_name the runs of one run name (`X`, `X_seed1`, ... form column X: sizes or data
+selections of one method). Then the verdicts: for each pair of columns, where one scored above
+or below the other, from t-tests over runs that are Holm-corrected within the confirmatory
+family and within the exploratory one (`significance` has the procedure, docs/verdicts.md its
+simulated error rates). A column with one run gets no verdict; where no difference is
+detected, that is all that is said. A declared `A-B:C-D` compares two margins: A's over B
+against C's over D (launch/data_quality.sh: Scaled QL's over BC on poor and on all data).
 """
 
 import collections
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from absl import app, flags, logging
@@ -37,9 +41,15 @@ _CONFIRMATORY = flags.DEFINE_list(
   "confirmatory",
   ["scaled_ql:bc", "scaled_ql:best"],
   "The confirmatory family, declared before the results: pairs A:B of methods, or of a method "
-  "and 'data' (the data's average) or 'best' (its best checkpoint); every game and the IQM.",
+  "and 'data' (the data's average) or 'best' (its best checkpoint), or of margins A-B:C-D (A's "
+  "margin over B against C's over D); every game and the IQM.",
 )
+_COLUMNS = flags.DEFINE_enum(
+  "columns", "method", ["method", "run_name"], "What makes a column: the runs' method, or "
+  "their run directory's name less its `_seedN` (a method's sizes or data selections apart).")
 _REFERENCE_NAMES = {"data": significance.DATA, "best": significance.BEST}
+# What the runs of one column must share (run_info.json): a column is one configuration's seeds.
+_KIND = ("num_params", "data_quality", "phase", "init")
 
 
 def _latest_results(workdir: str, protocol: str) -> runs.EvalResults:
@@ -121,16 +131,37 @@ def _family_lines(family: str, comparisons: list[significance.Comparison]) -> li
   return lines
 
 
-def _read_columns(run_dirs, protocol):
-  """({method: [significance.Run]}, {method: [EvalResults]}), a method's runs in one column."""
+def column_name(workdir: str, info: dict, columns: str = "method") -> str:
+  """A run's column: its method, or (`columns='run_name'`) its directory's name less `_seedN`."""
+  if columns == "method":
+    return info["method"]
+  return re.sub(r"_seed\d+$", "", os.path.basename(_run_path(workdir)))
+
+
+def _read_columns(run_dirs, protocol, columns_by="method"):
+  """({column: [significance.Run]}, {column: [EvalResults]}), a column's runs its seeds.
+
+  Raises:
+    cli.UserError: where one column would mix runs of different sizes, data or starts.
+  """
   columns, results = collections.defaultdict(list), collections.defaultdict(list)
+  kinds = collections.defaultdict(set)
   for d in run_dirs:
     info = runs.read_run_info(d)
+    name = column_name(d, info, columns_by)
     result = _latest_results(d, protocol)
-    results[info["method"]].append(result)
-    columns[info["method"]].append(significance.Run(
+    results[name].append(result)
+    columns[name].append(significance.Run(
       {g: np.asarray(r.returns, np.float64) for g, r in result.games.items() if r.returns},
       pair_keys(d, info)))  # fmt: skip
+    kinds[name].add(tuple(info.get(key) for key in _KIND))
+  for name, found in kinds.items():
+    differing = [(key, sorted({str(kind[i]) for kind in found})) for i, key in enumerate(_KIND)]
+    shown = "; ".join(f"{key} {', '.join(values)}" for key, values in differing if len(values) > 1)
+    if shown:
+      raise cli.UserError(f"column {name} would mix runs of different {shown}: give them "
+                          "distinct method names, or pass --columns=run_name (a column per run "
+                          "name)")  # fmt: skip
   return columns, results
 
 
@@ -187,17 +218,64 @@ def _verdict_lines(table: significance.Table) -> list[str]:
   return lines
 
 
+def _resolve_margins(confirmatory, names: Collection[str], strict: bool) -> list[tuple]:
+  """The declared pairs, a side `A-B` that is not a column becoming the margin (A, B) of two
+  columns. With `strict`, a side that names neither is an error (a typo in the family)."""
+  known = set(names) | {significance.DATA, significance.BEST}
+
+  def side(name):
+    if name in known:
+      return name
+    for i in (i for i, char in enumerate(name) if char == "-"):
+      if name[:i] in names and name[i + 1 :] in names:
+        return (name[:i], name[i + 1 :])
+    if strict:
+      raise cli.UserError(f"--confirmatory: '{name}' is not a column (the columns: "
+                          f"{', '.join(names)}; 'data', 'best', or a margin A-B)")  # fmt: skip
+    return name
+
+  resolved = [(side(a), side(b)) for a, b in confirmatory]
+  for a, b in resolved:
+    if isinstance(a, tuple) != isinstance(b, tuple):
+      raise cli.UserError(f"--confirmatory: {a} vs {b} compares a margin with a column; "
+                          "declare A-B:C-D or A:B")  # fmt: skip
+  return resolved
+
+
+def _declared(pair) -> str:
+  a, b = pair
+  if isinstance(a, tuple):
+    return (f"{a[0]}-{a[1]} vs {b[0]}-{b[1]} (the margin of {a[0]} over {a[1]} against that "
+            f"of {b[0]} over {b[1]})")  # fmt: skip
+  return f"{a} vs {b}"
+
+
 def compare(
   run_dirs: Sequence[str],
   data_dir: str | None,
   protocol: str = "dqn",
-  confirmatory: Sequence[tuple[str, str]] = significance.CONFIRMATORY,
+  confirmatory: Sequence[tuple] = significance.CONFIRMATORY,
+  columns: str = "method",
+  strict: bool = False,
 ) -> str:
-  """The comparison as Markdown: the confirmatory family, the table and the verdicts."""
-  columns, results = _read_columns(run_dirs, protocol)
-  game_names = sorted({g for rs in columns.values() for r in rs for g in r.returns})
-  table = significance.compare_columns(columns, _read_data(data_dir, game_names), confirmatory)
-  declared = " and ".join(f"{a} vs {b}" for a, b in confirmatory)
+  """The comparison as Markdown: the confirmatory family, the table and the verdicts.
+
+  Args:
+    run_dirs: evaluated runs.
+    data_dir: the collector's output (the data's columns), or None.
+    protocol: whose evaluations.
+    confirmatory: the declared pairs A:B (column names, DATA or BEST), a side `A-B` naming
+      the margin of column A over column B.
+    columns: "method" or "run_name" (`column_name`).
+    strict: a declared name that is no column is an error (else it is never tested).
+  """
+  table_columns, results = _read_columns(run_dirs, protocol, columns)
+  confirmatory = _resolve_margins(confirmatory, list(table_columns), strict)
+  game_names = sorted({g for rs in table_columns.values() for r in rs for g in r.returns})
+  table = significance.compare_columns(
+    table_columns, _read_data(data_dir, game_names), confirmatory
+  )
+  declared = " and ".join(_declared(pair) for pair in confirmatory)
   lines = [
     f"Confirmatory family, declared before the results: {declared}, on each game and on the "
     "IQM of human-normalised scores; every other comparison is exploratory. Each family is "
@@ -243,7 +321,8 @@ def main() -> None:
     if not epath.Path(run_dir).is_dir():
       raise cli.UserError(f"--runs: {run_dir} does not exist.")
   confirmatory = _parse_confirmatory(_CONFIRMATORY.value)
-  table = compare(_RUNS.value, _DATA_DIR.value, _PROTOCOL.value, confirmatory)
+  table = compare(_RUNS.value, _DATA_DIR.value, _PROTOCOL.value, confirmatory, _COLUMNS.value,
+                  strict=_CONFIRMATORY.present)  # fmt: skip
   print(table)
   if _OUTPUT.value:
     epath.Path(_OUTPUT.value).write_text(table + "\n")

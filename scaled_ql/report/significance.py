@@ -23,7 +23,10 @@ gives the procedure's simulated false-positive rate and power.
   verdict is quoted as a finding on its own, so the stronger guarantee is the one wanted.
 - Families: the confirmatory comparisons, declared before the results (by default Scaled QL vs
   BC and vs the data's best checkpoint, on every game and the aggregate), and the exploratory
-  ones (every other pair), each corrected within itself at ALPHA.
+  ones (every other pair), each corrected within itself at ALPHA. A confirmatory comparison
+  may also be of two margins (a method's over another in two settings, e.g. Scaled QL's over
+  BC on poor and on all data): each margin estimated over its seeds as above, the two taken as
+  independent, Welch-Satterthwaite degrees of freedom.
 - The data: its average is the mean of its checkpoints' means (a checkpoint of many short
   episodes weighs no more than another); its best checkpoint is chosen inside every bootstrap
   resample, and its value is bias-corrected for that selection in the tests.
@@ -143,32 +146,62 @@ def _pairs(a: _Sample, b: _Sample) -> list[tuple[int, int]]:
   return pairs
 
 
-def _difference(a: _Sample, b: _Sample) -> tuple[float, float, float, str] | str:
-  """(difference a - b, its standard error, degrees of freedom, design), or why no test.
+def _welch(components: Sequence[tuple[float, float]]) -> tuple[float, float]:
+  """The standard error of a sum of independent estimates `[(variance, degrees of freedom)]`
+  and its Welch-Satterthwaite degrees of freedom (unlimited when none has any spread)."""
+  variance = sum(v for v, _ in components)
+  denominator = sum(v**2 / df for v, df in components)
+  return float(np.sqrt(variance)), (variance**2 / denominator if denominator > 0 else np.inf)
 
-  Both columns have MIN_RUNS or more runs; a paired test needs as many pairs."""
-  if not a.runs.size:
-    raise ValueError("the first of two compared columns must be a method's runs")
+
+def _margin(a: _Sample, b: _Sample) -> tuple[float, list[tuple[float, float]], str] | str:
+  """Method a's margin over method b: (a - b, the variance components of its estimate, the
+  design), or why there is no test. Both columns have MIN_RUNS or more runs; a paired
+  estimate (over seeds) needs as many pairs, an unpaired one takes each column's variance."""
   pairs = _pairs(a, b)
   if 0 < len(pairs) < MIN_RUNS:
     return f"{len(pairs)} seed in common"
-  if pairs:  # A paired t-test over seeds.
+  if pairs:  # Over seeds: one difference per pair.
     d = np.array([a.runs[i] - b.runs[j] for i, j in pairs])
-    return d.mean(), _sem(d), len(d) - 1, f"paired, {len(d)} seeds"
-  n_a, n_b = len(a.runs), len(b.runs)
-  var_a = np.var(a.runs, ddof=1) / n_a
-  if not n_b:
+    return d.mean(), [(np.var(d, ddof=1) / len(d), len(d) - 1)], f"paired, {len(d)} seeds"
+  components = [(np.var(x.runs, ddof=1) / len(x.runs), len(x.runs) - 1) for x in (a, b)]
+  return a.value - b.value, components, f"{len(a.runs)} vs {len(b.runs)} runs"
+
+
+def _difference(a: _Sample, b: _Sample) -> tuple[float, float, float, str] | str:
+  """(difference a - b, its standard error, degrees of freedom, design), or why no test.
+
+  Both columns have MIN_RUNS or more runs: a paired t-test over seeds where they are paired,
+  Welch's otherwise, or against the data."""
+  if not a.runs.size:
+    raise ValueError("the first of two compared columns must be a method's runs")
+  n_a = len(a.runs)
+  if not b.runs.size:
     # Against the data: its variance (from the bootstrap) is as good as known, but Welch's
     # degrees of freedom would then overstate the evidence when the runs' spread happens to be
     # small (8% false positives at 5% in the null simulation); n_a - 1, as if all of the
     # variance were the runs', is conservative whatever the share.
-    var_b = np.var(b.draws, ddof=1)
+    var_a, var_b = np.var(a.runs, ddof=1) / n_a, np.var(b.draws, ddof=1)
     return a.value - b.center, np.sqrt(var_a + var_b), n_a - 1, f"{n_a} runs vs the data"
-  var_b = np.var(b.runs, ddof=1) / n_b
-  # Welch-Satterthwaite degrees of freedom (unlimited when neither column has any spread).
-  denominator = var_a**2 / (n_a - 1) + var_b**2 / (n_b - 1)
-  df = (var_a + var_b) ** 2 / denominator if denominator > 0 else np.inf
-  return a.value - b.value, np.sqrt(var_a + var_b), df, f"{n_a} vs {n_b} runs"
+  found = _margin(a, b)
+  if isinstance(found, str):
+    return found
+  value, components, design = found
+  return value, *_welch(components), design
+
+
+def _margins_difference(a, b, c, d) -> tuple[float, float, float, str] | str:
+  """(the margin a - b less the margin c - d, its standard error, degrees of freedom, design),
+  or why no test. The two margins are estimated from disjoint columns and taken as
+  independent: where their runs are positively correlated (the same seeds' initial
+  parameters), the test is conservative."""
+  margins = [_margin(a, b), _margin(c, d)]
+  for found in margins:
+    if isinstance(found, str):
+      return found
+  (first, first_parts, first_design), (second, second_parts, second_design) = margins
+  se, df = _welch(first_parts + second_parts)
+  return first - second, se, df, f"margins: {first_design}; {second_design}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +317,7 @@ def _data_rows(data, iqm_games, key, reps) -> tuple[dict, dict, dict]:
 def compare_columns(
   columns: Mapping[str, Sequence[Run]],
   data: Mapping[str, Mapping[int, np.ndarray]] | None = None,
-  confirmatory: Collection[tuple[str, str]] = CONFIRMATORY,
+  confirmatory: Collection[tuple] = CONFIRMATORY,
   *,
   key: str = "",
   reps: int = BOOTSTRAP_REPS,
@@ -294,7 +327,10 @@ def compare_columns(
   Args:
     columns: method name -> its runs (its seeds), in the table's order.
     data: game -> {checkpoint suffix: float [E_k]} the data's logged episode returns, or None.
-    confirmatory: the declared pairs (a, b) of column names; DATA and BEST name the data.
+    confirmatory: the declared pairs (a, b) of column names (DATA and BEST name the data),
+      and pairs of margins ((a, b), (c, d)): the margin of method a over method b against
+      that of c over d (e.g. Scaled QL's over BC on two datasets), tested as a - b - (c - d)
+      and printed as `a-b vs c-d`.
     key: seeds the bootstrap draws: the same key gives the same table.
     reps: bootstrap resamples of the data's episodes (and of a single run's).
 
@@ -318,16 +354,26 @@ def compare_columns(
         samples[name, row], cells[name, row] = found
   references = [n for n in (DATA, BEST) if any(k[0] == n for k in samples)]
   pairs = [(a, b) for a in columns for b in references] + list(itertools.combinations(columns, 2))
-  declared = {frozenset(pair) for pair in confirmatory}
+  margins = [pair for pair in confirmatory if not isinstance(pair[0], str)]
+  declared = {frozenset(pair) for pair in confirmatory if isinstance(pair[0], str)}
+  for (a, b), (c, d) in margins:
+    if len({a, b, c, d}) < 4 or not {a, b, c, d} <= set(columns):
+      raise ValueError(f"the declared margins {a}-{b} vs {c}-{d} need four distinct methods' "
+                       f"columns; the columns are {', '.join(columns)}")  # fmt: skip
   tested, untested = [], []
-  for a, b in pairs:
-    family = "confirmatory" if frozenset((a, b)) in declared else "exploratory"
+  for names in pairs + margins:
+    is_margin = not isinstance(names[0], str)
+    a, b = (f"{m[0]}-{m[1]}" for m in names) if is_margin else names
+    family = "confirmatory" if is_margin or frozenset(names) in declared else "exploratory"
     for row in rows:
-      if (a, row) in samples and (b, row) in samples:
-        few = [n for n in (a, b) if 0 < len(samples[n, row].runs) < MIN_RUNS]
+      members = [n for m in names for n in m] if is_margin else names
+      if all((n, row) in samples for n in members):
+        few = [n for n in members if 0 < len(samples[n, row].runs) < MIN_RUNS]
         if few:
           n = len(samples[few[0], row].runs)
           result = f"{few[0]} has {n} run{'s' if n > 1 else ''}"
+        elif is_margin:
+          result = _margins_difference(*(samples[n, row] for n in members))
         else:
           result = _difference(samples[a, row], samples[b, row])
         if isinstance(result, str):
