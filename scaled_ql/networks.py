@@ -25,6 +25,7 @@ prints the breakdown for the 40 training games without compiling anything (shape
 """
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -152,25 +153,35 @@ class GroupNorm(hk.Module):
   def __call__(self, x):
     """[B, H, W, C] in any float dtype -> the same dtype; statistics and the affine map in
     float32 (a bfloat16 input is upcast: its mean of squares would lose the variance)."""
-    batch_size, channels, groups = x.shape[0], self._channels, self._num_groups
-    x32 = x.astype(jnp.float32)
+    scale = hk.get_parameter("scale", (self._channels,), jnp.float32, init=self._scale_init)
+    offset = hk.get_parameter("offset", (self._channels,), jnp.float32, init=jnp.zeros)
+    normalize = functools.partial(_group_norm, num_groups=self._num_groups, eps=self._eps)
+    if x.dtype != jnp.float32:
+      # Recompute the float32 statistics in the backward pass: kept, the upcast input and its
+      # square were two float32 copies of each bfloat16 activation (more bytes than the rest of
+      # a ResNet's saved activations together).
+      normalize = jax.checkpoint(normalize)
+    return normalize(x, scale.astype(jnp.float32), offset.astype(jnp.float32))
 
-    def group_mean(per_channel):  # [B, C] -> the mean of each channel's group, [B, C]
-      grouped = jnp.mean(per_channel.reshape(batch_size, groups, channels // groups), axis=-1)
-      return jnp.repeat(grouped, channels // groups, axis=-1)
 
-    shift = jax.lax.stop_gradient(group_mean(x32[:, 0, 0, :]))[:, None, None, :]  # [B, 1, 1, C]
-    shifted = x32 - shift
-    shifted_mean = group_mean(jnp.mean(shifted, axis=(1, 2)))  # [B, C]
-    var = jnp.maximum(
-      group_mean(jnp.mean(jnp.square(shifted), axis=(1, 2))) - jnp.square(shifted_mean), 0.0
-    )
-    scale = hk.get_parameter("scale", (channels,), jnp.float32, init=self._scale_init)
-    offset = hk.get_parameter("offset", (channels,), jnp.float32, init=jnp.zeros)
-    mul = jax.lax.rsqrt(var + self._eps) * scale.astype(jnp.float32)  # [B, C]
-    mean = shifted_mean + shift[:, 0, 0, :]
-    bias = offset.astype(jnp.float32) - mean * mul
-    return (x32 * mul[:, None, None, :] + bias[:, None, None, :]).astype(x.dtype)
+def _group_norm(x, scale, offset, num_groups: int, eps: float):
+  """GroupNorm's computation: x [B, H, W, C], scale and offset float32 [C] -> x's dtype."""
+  batch_size, channels = x.shape[0], x.shape[-1]
+  x32 = x.astype(jnp.float32)
+
+  def group_mean(per_channel):  # [B, C] -> the mean of each channel's group, [B, C]
+    grouped = jnp.mean(per_channel.reshape(batch_size, num_groups, channels // num_groups), axis=-1)
+    return jnp.repeat(grouped, channels // num_groups, axis=-1)
+
+  shift = jax.lax.stop_gradient(group_mean(x32[:, 0, 0, :]))[:, None, None, :]  # [B, 1, 1, C]
+  shifted = x32 - shift
+  shifted_mean = group_mean(jnp.mean(shifted, axis=(1, 2)))  # [B, C]
+  var = jnp.maximum(
+    group_mean(jnp.mean(jnp.square(shifted), axis=(1, 2))) - jnp.square(shifted_mean), 0.0
+  )
+  mul = jax.lax.rsqrt(var + eps) * scale  # [B, C]
+  bias = offset - (shifted_mean + shift[:, 0, 0, :]) * mul
+  return (x32 * mul[:, None, None, :] + bias[:, None, None, :]).astype(x.dtype)
 
 
 def _max_pool_3_stride2_1d(x, axis):

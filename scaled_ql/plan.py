@@ -6,17 +6,24 @@ r"""Memory and cost of a configuration's train step before a run: `python -m sca
 Compiles the configuration's train step ahead of time on the machine at hand (`jax.jit(step)
 .lower(...).compile()`, no accelerator needed, nothing runs) for one device's share of the global
 batch, in float32 and bfloat16, with and without rematerialisation, each at two per-device
-batches (N and 4N), and prints from XLA's cost and memory analysis:
-  * parameters, FLOPs per example and per global step;
-  * per-device bytes: arguments (the train state and the batch), temporaries, peak (arguments +
-    outputs - donated + temporaries);
-  * the largest per-device batch that fits each device: peak(b), a line through the two
-    compiles, at most `usable_fraction` of the device's memory, b a divisor of the global batch
-    (one device per b examples: data parallel, the state replicated).
+batches (N and 4N), and prints:
+  * parameters, FLOPs per example and per global step (XLA's cost analysis);
+  * per-device bytes (XLA's memory analysis): arguments (the train state and the batch),
+    temporaries, peak (arguments + outputs - donated + temporaries); and the activations the
+    backward pass keeps (autodiff's residuals, from `jax.vjp` traced: no compiler involved);
+  * the largest per-device batch that fits each device, b a divisor of the global batch (one
+    device per b examples: data parallel, the state replicated), with
+        peak(b) = fixed + b * saved activations per example <= usable_fraction * memory,
+    fixed being the intercept of XLA's peak through the two compiles (state, gradients, the
+    optimizer's temporaries).
 
-The figures are XLA's for the platform it compiles for. Compiled on a CPU they estimate an
-accelerator's: a TPU pads each array's two minor dimensions to tiles (8 x 128), a GPU fuses and
-picks convolution algorithms differently. Run it on the accelerator for that device's own figures.
+Why the saved activations and not XLA's own slope: XLA:CPU computes bfloat16 products in float32
+(its bfloat16 steps needed as many bytes per example as float32 ones) and its schedule does not
+realise rematerialisation's savings (neither did fewer bytes per example), which GPU and TPU
+compilers do. Autodiff's residuals are what any compiler must keep unless it recomputes them;
+fusion can recompute cheap ones (XLA:CPU kept 22.5 MiB per ResNet-101 example in float32 where
+autodiff saves 44), so the batches are conservative. A TPU also pads each array's two minor
+dimensions to tiles (8 x 128). On an accelerator the XLA figures are that device's own.
 """
 
 import dataclasses
@@ -69,7 +76,8 @@ class Training:
 
 
 class Footprint(NamedTuple):
-  """XLA's analysis of one device's train step at one per-device batch."""
+  """XLA's analysis of one device's train step at one per-device batch, and what autodiff saves
+  for its backward pass."""
 
   per_device_batch: int
   flops: float
@@ -77,6 +85,7 @@ class Footprint(NamedTuple):
   output_bytes: int
   alias_bytes: int
   temp_bytes: int
+  saved_bytes: int
   compile_seconds: float
 
   @property
@@ -106,6 +115,20 @@ def _shapes(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), tree)
 
 
+def _nbytes(tree) -> int:
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def saved_bytes(learner, state, batch) -> int:
+  """Bytes of the values the loss's backward pass keeps from its forward pass: the residuals
+  of `jax.vjp` (rematerialised blocks keep only their inputs), traced on shapes alone."""
+
+  def residuals(params, target_params, batch, rng):
+    return jax.vjp(lambda p: learner.loss_fn(p, target_params, batch, rng)[0], params)[1]
+
+  return _nbytes(jax.eval_shape(residuals, state.params, state.target_params, batch, state.rng))
+
+
 def footprint(training: Training, compute_config, per_device_batch: int) -> Footprint:
   """Compiles the trainer's own step (`train_step.make_train_step` on the method's learner) for
   `per_device_batch` examples on one device; nothing is allocated or run."""
@@ -120,28 +143,34 @@ def footprint(training: Training, compute_config, per_device_batch: int) -> Foot
   step_fn = train_step.make_train_step(
     learner.loss_fn, learner.optimizer, learner.target_update_period, ema_decay=training.ema_decay
   )
+  batch = _shapes(learner.example_batch(per_device_batch))
   start = time.perf_counter()
-  compiled = step_fn.lower(state, _shapes(learner.example_batch(per_device_batch))).compile()
+  compiled = step_fn.lower(state, batch).compile()
   seconds = time.perf_counter() - start
   memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
   if isinstance(cost, list | tuple):  # Older jax: one dict per program.
     cost = cost[0]
   return Footprint(
     per_device_batch, float(cost["flops"]), memory.argument_size_in_bytes,
-    memory.output_size_in_bytes, memory.alias_size_in_bytes, memory.temp_size_in_bytes, seconds,
+    memory.output_size_in_bytes, memory.alias_size_in_bytes, memory.temp_size_in_bytes,
+    saved_bytes(learner, state, batch), seconds,
   )  # fmt: skip
 
 
 class Line(NamedTuple):
-  """Peak bytes ~ fixed_bytes + per_example_bytes * per-device batch, through two footprints."""
+  """Peak bytes ~ fixed_bytes + per_example_bytes * per-device batch, from two footprints: the
+  intercept of XLA's peak, the slope of the saved activations (see the module's docstring)."""
 
   fixed_bytes: float
   per_example_bytes: float
+  xla_per_example_bytes: float  # XLA's own slope, for comparison
 
   @classmethod
   def through(cls, a: Footprint, b: Footprint) -> "Line":
-    slope = (b.peak_bytes - a.peak_bytes) / (b.per_device_batch - a.per_device_batch)
-    return cls(a.peak_bytes - slope * a.per_device_batch, slope)
+    extra = b.per_device_batch - a.per_device_batch
+    xla_slope = (b.peak_bytes - a.peak_bytes) / extra
+    saved_slope = (b.saved_bytes - a.saved_bytes) / extra
+    return cls(a.peak_bytes - xla_slope * a.per_device_batch, saved_slope, xla_slope)
 
   def peak_bytes(self, per_device_batch: int) -> float:
     return self.fixed_bytes + self.per_example_bytes * per_device_batch
@@ -220,12 +249,13 @@ def main() -> None:
   start = time.perf_counter()
   print(
     f"{training.name}: {training.method.name}, {len(training.game_names)} games, global batch "
-    f"{training.global_batch_size}, {_num_params(training) / 1e6:.2f}M parameters (as allocated); compiled for "
-    f"{jax.devices()[0].platform} (jax {jax.__version__}) at per-device batch {batch} and "
-    f"{4 * batch}\n"
+    f"{training.global_batch_size}, {_num_params(training) / 1e6:.2f}M parameters (as "
+    f"allocated); compiled for {jax.devices()[0].platform} (jax {jax.__version__}) at per-device "
+    f"batch {batch} and {4 * batch}\n"
   )
   print("| precision | remat | per-device batch | GFLOP / example | TFLOP / global step | "
-        "arguments | temporaries | peak | compile s |\n|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+        "arguments | temporaries | peak (XLA) | saved activations (autodiff) | compile s |\n"
+        "|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
   lines = {}
   for config in configs:
     pair = [footprint(training, config, b) for b in (batch, 4 * batch)]
@@ -233,7 +263,8 @@ def main() -> None:
       per_example = f.flops / f.per_device_batch
       print(f"| {_label(config)} | {f.per_device_batch} | {per_example / 1e9:.3g} | "
             f"{per_example * training.global_batch_size / 1e12:.3g} | {_size(f.argument_bytes)} | "
-            f"{_size(f.temp_bytes)} | {_size(f.peak_bytes)} | {f.compile_seconds:.0f} |",
+            f"{_size(f.temp_bytes)} | {_size(f.peak_bytes)} | {_size(f.saved_bytes)} | "
+            f"{f.compile_seconds:.0f} |",
             flush=True)  # fmt: skip
     lines[config] = Line.through(*pair)
   _print_fits(lines, devices, training.global_batch_size, _USABLE.value)
@@ -241,10 +272,12 @@ def main() -> None:
 
 
 def _print_fits(lines: dict, devices: dict[str, int], global_batch_size: int, usable: float):
-  print(f"\nLargest per-device batch whose peak fits {usable:.0%} of the device's memory "
-        f"(devices for the global batch of {global_batch_size} in brackets):\n")  # fmt: skip
-  print("| precision | remat | fixed + per example | " + " | ".join(devices) + " |")
-  print("|---|---|---|" + "---|" * len(devices))
+  print(f"\nLargest per-device batch b with fixed + b x saved activations per example within "
+        f"{usable:.0%} of the device's memory (devices for the global batch of "
+        f"{global_batch_size} in brackets):\n")  # fmt: skip
+  print("| precision | remat | fixed (XLA) | per example: saved (XLA's slope) | "
+        + " | ".join(devices) + " |")  # fmt: skip
+  print("|---|---|---|---|" + "---|" * len(devices))
   for config, line in lines.items():
     cells = []
     for memory in devices.values():
@@ -252,8 +285,8 @@ def _print_fits(lines: dict, devices: dict[str, int], global_batch_size: int, us
       cells.append(
         "state does not fit" if fits is None else f"{fits} ({global_batch_size // fits})"
       )
-    print(f"| {_label(config)} | {_size(line.fixed_bytes)} + {_size(line.per_example_bytes)} | "
-          + " | ".join(cells) + " |")  # fmt: skip
+    print(f"| {_label(config)} | {_size(line.fixed_bytes)} | {_size(line.per_example_bytes)} "
+          f"({_size(line.xla_per_example_bytes)}) | " + " | ".join(cells) + " |")  # fmt: skip
 
 
 def _label(config: compute.ComputeConfig) -> str:

@@ -36,13 +36,30 @@ def test_the_planners_figures_are_a_measured_compiles_and_its_line_predicts_othe
   assert small.alias_bytes > 0.9 * small.output_bytes  # the state is donated
 
   line = plan.Line.through(small, large)
-  assert line.per_example_bytes > 0 and line.fixed_bytes > 0
   measured = plan.footprint(TRAINING, compute.FLOAT32, 64)
-  assert abs(line.peak_bytes(64) - measured.peak_bytes) < 0.1 * measured.peak_bytes
+  # XLA's own line predicts its compile at 64; the plan's, with autodiff's saved activations per
+  # example, is conservative (fusion recomputes some of them).
+  xla_at_64 = line.fixed_bytes + 64 * line.xla_per_example_bytes
+  assert abs(xla_at_64 - measured.peak_bytes) < 0.1 * measured.peak_bytes
+  assert measured.peak_bytes <= line.peak_bytes(64) < 2 * measured.peak_bytes
   # A memory that holds 32 examples but not 64 gives 32 per device.
   memory_bytes = (line.peak_bytes(32) + line.peak_bytes(64)) / 2
   assert plan.largest_batch(line, memory_bytes, 64) == 32
   assert plan.largest_batch(line, line.fixed_bytes / 2, 64) is None  # not even the state
+
+
+def test_bfloat16_and_remat_shrink_the_saved_activations():
+  def per_example(config):  # traced, not compiled
+    learner = TRAINING.method.build(TRAINING.game_names, config)
+    state = jax.eval_shape(
+      lambda: train_step.init_train_state(jax.random.PRNGKey(0), learner.init, learner.optimizer)
+    )
+    small, large = (plan.saved_bytes(learner, state, learner.example_batch(n)) for n in (4, 16))
+    return (large - small) / 12
+
+  float32 = per_example(compute.FLOAT32)
+  assert per_example(compute.resolve("bfloat16")) < 0.6 * float32
+  assert per_example(compute.resolve("float32", remat=True)) < 0.9 * float32
 
 
 def test_devices_are_named_or_sized_and_the_batch_must_divide():
