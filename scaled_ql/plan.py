@@ -9,15 +9,16 @@ batch, in float32 and bfloat16, with and without rematerialisation, each at two 
 batches (N and 4N), and prints:
   * parameters, FLOPs per example and per global step (XLA's cost analysis);
   * per-device bytes (XLA's memory analysis): arguments (the train state and the batch),
-    temporaries, peak (arguments + outputs - donated + temporaries); and the activations the
-    backward pass keeps (autodiff's residuals, from `jax.vjp` traced: no compiler involved);
+    temporaries, peak (arguments + outputs - donated + temporaries); and the backward pass's
+    activations, traced without a compiler (`activation_bytes`: autodiff's residuals, plus the
+    largest rematerialised block's own, live while the backward pass recomputes it);
   * the largest per-device batch that fits each device, b a divisor of the global batch (one
     device per b examples: data parallel, the state replicated), with
-        peak(b) = fixed + b * saved activations per example <= usable_fraction * memory,
+        peak(b) = fixed + b * activations per example <= usable_fraction * memory,
     fixed being the intercept of XLA's peak through the two compiles (state, gradients, the
     optimizer's temporaries).
 
-Why the saved activations and not XLA's own slope: XLA:CPU computes bfloat16 products in float32
+Why autodiff's activations and not XLA's own slope: XLA:CPU computes bfloat16 products in float32
 (its bfloat16 steps needed as many bytes per example as float32 ones) and its schedule does not
 realise rematerialisation's savings (neither did fewer bytes per example), which GPU and TPU
 compilers do. Autodiff's residuals are what any compiler must keep unless it recomputes them;
@@ -76,8 +77,8 @@ class Training:
 
 
 class Footprint(NamedTuple):
-  """XLA's analysis of one device's train step at one per-device batch, and what autodiff saves
-  for its backward pass."""
+  """XLA's analysis of one device's train step at one per-device batch, and the activation bytes
+  of its backward pass (`activation_bytes`)."""
 
   per_device_batch: int
   flops: float
@@ -85,7 +86,7 @@ class Footprint(NamedTuple):
   output_bytes: int
   alias_bytes: int
   temp_bytes: int
-  saved_bytes: int
+  activation_bytes: int
   compile_seconds: float
 
   @property
@@ -116,17 +117,59 @@ def _shapes(tree):
 
 
 def _nbytes(tree) -> int:
-  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+  """Bytes of the arrays (or their shapes) in a tree; PRNG keys (a few bytes each) not counted."""
+  return sum(
+    int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+    for x in jax.tree.leaves(tree)
+    if not jax.dtypes.issubdtype(x.dtype, jax.dtypes.extended)
+  )
 
 
-def saved_bytes(learner, state, batch) -> int:
-  """Bytes of the values the loss's backward pass keeps from its forward pass: the residuals
-  of `jax.vjp` (rematerialised blocks keep only their inputs), traced on shapes alone."""
+_REMAT_PRIMITIVES = ("checkpoint", "remat2")  # jax.checkpoint's, by jax version
 
-  def residuals(params, target_params, batch, rng):
-    return jax.vjp(lambda p: learner.loss_fn(p, target_params, batch, rng)[0], params)[1]
 
-  return _nbytes(jax.eval_shape(residuals, state.params, state.target_params, batch, state.rng))
+def activation_bytes(learner, state, batch) -> int:
+  """Activation bytes of the loss's backward pass, traced on shapes alone (no compiler): what it
+  keeps from the forward pass (the residuals of `jax.vjp`; a rematerialised block keeps only its
+  input), plus the largest rematerialised block's own residuals, live while its backward pass
+  runs."""
+  args = (state.params, state.target_params, batch, state.rng)
+
+  def loss(params, target_params, batch, rng):
+    return learner.loss_fn(params, target_params, batch, rng)[0]
+
+  saved = _residual_bytes(lambda p, *rest: loss(p, *rest), args, argnums=1)
+  blocks = [e.params["jaxpr"] for e in _equations(jax.make_jaxpr(loss)(*args).jaxpr)
+            if e.primitive.name in _REMAT_PRIMITIVES]  # fmt: skip
+  recomputed = [
+    _residual_bytes(
+      jax.extend.core.jaxpr_as_fun(jax.extend.core.ClosedJaxpr(block, [])),
+      [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in block.invars],
+      argnums=len(block.invars),
+    )
+    for block in blocks
+  ]
+  return saved + max(recomputed, default=0)
+
+
+def _residual_bytes(fn, args, argnums: int) -> int:
+  """Bytes of the residuals of `jax.vjp` of fn with respect to its first `argnums` arguments."""
+
+  def residuals(*args):
+    return jax.vjp(lambda *diff: fn(*diff, *args[argnums:]), *args[:argnums])[1]
+
+  return _nbytes(jax.eval_shape(residuals, *args))
+
+
+def _equations(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs nested in it (jit, remat, custom_jvp)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, tuple | list) else (value,):
+        inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
+        if hasattr(inner, "eqns"):
+          yield from _equations(inner)
 
 
 def footprint(training: Training, compute_config, per_device_batch: int) -> Footprint:
@@ -153,13 +196,13 @@ def footprint(training: Training, compute_config, per_device_batch: int) -> Foot
   return Footprint(
     per_device_batch, float(cost["flops"]), memory.argument_size_in_bytes,
     memory.output_size_in_bytes, memory.alias_size_in_bytes, memory.temp_size_in_bytes,
-    saved_bytes(learner, state, batch), seconds,
+    activation_bytes(learner, state, batch), seconds,
   )  # fmt: skip
 
 
 class Line(NamedTuple):
   """Peak bytes ~ fixed_bytes + per_example_bytes * per-device batch, from two footprints: the
-  intercept of XLA's peak, the slope of the saved activations (see the module's docstring)."""
+  intercept of XLA's peak, the slope of the activation bytes (see the module's docstring)."""
 
   fixed_bytes: float
   per_example_bytes: float
@@ -169,8 +212,8 @@ class Line(NamedTuple):
   def through(cls, a: Footprint, b: Footprint) -> "Line":
     extra = b.per_device_batch - a.per_device_batch
     xla_slope = (b.peak_bytes - a.peak_bytes) / extra
-    saved_slope = (b.saved_bytes - a.saved_bytes) / extra
-    return cls(a.peak_bytes - xla_slope * a.per_device_batch, saved_slope, xla_slope)
+    activation_slope = (b.activation_bytes - a.activation_bytes) / extra
+    return cls(a.peak_bytes - xla_slope * a.per_device_batch, activation_slope, xla_slope)
 
   def peak_bytes(self, per_device_batch: int) -> float:
     return self.fixed_bytes + self.per_example_bytes * per_device_batch
@@ -217,8 +260,9 @@ def check_per_device_batch(per_device_batch: int, global_batch_size: int) -> Non
 
 
 def _size(num_bytes: float) -> str:
-  """3 significant digits in GiB, or MiB below one GiB."""
-  return f"{num_bytes / GIB:.3g} GiB" if num_bytes >= GIB else f"{num_bytes / 2**20:.3g} MiB"
+  """3 significant digits in GiB, or MiB below 1000 MiB."""
+  mib = num_bytes / 2**20
+  return f"{num_bytes / GIB:.3g} GiB" if mib >= 999.5 else f"{mib:.3g} MiB"
 
 
 def _num_params(training: Training) -> int:
@@ -254,7 +298,7 @@ def main() -> None:
     f"batch {batch} and {4 * batch}\n"
   )
   print("| precision | remat | per-device batch | GFLOP / example | TFLOP / global step | "
-        "arguments | temporaries | peak (XLA) | saved activations (autodiff) | compile s |\n"
+        "arguments | temporaries | peak (XLA) | activations (autodiff) | compile s |\n"
         "|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
   lines = {}
   for config in configs:
@@ -263,7 +307,7 @@ def main() -> None:
       per_example = f.flops / f.per_device_batch
       print(f"| {_label(config)} | {f.per_device_batch} | {per_example / 1e9:.3g} | "
             f"{per_example * training.global_batch_size / 1e12:.3g} | {_size(f.argument_bytes)} | "
-            f"{_size(f.temp_bytes)} | {_size(f.peak_bytes)} | {_size(f.saved_bytes)} | "
+            f"{_size(f.temp_bytes)} | {_size(f.peak_bytes)} | {_size(f.activation_bytes)} | "
             f"{f.compile_seconds:.0f} |",
             flush=True)  # fmt: skip
     lines[config] = Line.through(*pair)
@@ -272,10 +316,10 @@ def main() -> None:
 
 
 def _print_fits(lines: dict, devices: dict[str, int], global_batch_size: int, usable: float):
-  print(f"\nLargest per-device batch b with fixed + b x saved activations per example within "
+  print(f"\nLargest per-device batch b with fixed + b x activations per example within "
         f"{usable:.0%} of the device's memory (devices for the global batch of "
         f"{global_batch_size} in brackets):\n")  # fmt: skip
-  print("| precision | remat | fixed (XLA) | per example: saved (XLA's slope) | "
+  print("| precision | remat | fixed (XLA) | per example: activations (XLA's slope) | "
         + " | ".join(devices) + " |")  # fmt: skip
   print("|---|---|---|---|" + "---|" * len(devices))
   for config, line in lines.items():

@@ -48,18 +48,22 @@ def test_the_planners_figures_are_a_measured_compiles_and_its_line_predicts_othe
   assert plan.largest_batch(line, line.fixed_bytes / 2, 64) is None  # not even the state
 
 
-def test_bfloat16_and_remat_shrink_the_saved_activations():
+def test_bfloat16_and_remat_shrink_the_activations():
+  method = ScaledQL(network=networks.NetworkConfig(torso="resnet18"))
+
   def per_example(config):  # traced, not compiled
-    learner = TRAINING.method.build(TRAINING.game_names, config)
+    learner = method.build(TRAINING.game_names, config)
     state = jax.eval_shape(
       lambda: train_step.init_train_state(jax.random.PRNGKey(0), learner.init, learner.optimizer)
     )
-    small, large = (plan.saved_bytes(learner, state, learner.example_batch(n)) for n in (4, 16))
+    small, large = (
+      plan.activation_bytes(learner, state, learner.example_batch(n)) for n in (4, 16)
+    )
     return (large - small) / 12
 
   float32 = per_example(compute.FLOAT32)
-  assert per_example(compute.resolve("bfloat16")) < 0.6 * float32
-  assert per_example(compute.resolve("float32", remat=True)) < 0.9 * float32
+  assert per_example(compute.resolve("bfloat16")) < 0.6 * float32  # measured: 0.54
+  assert per_example(compute.resolve("float32", remat=True)) < 0.6 * float32  # 0.51
 
 
 def test_devices_are_named_or_sized_and_the_batch_must_divide():
