@@ -139,7 +139,7 @@ def activation_bytes(learner, state, batch) -> int:
     return learner.loss_fn(params, target_params, batch, rng)[0]
 
   saved = _residual_bytes(lambda p, *rest: loss(p, *rest), args, argnums=1)
-  blocks = [e.params["jaxpr"] for e in _equations(jax.make_jaxpr(loss)(*args).jaxpr)
+  blocks = [e.params["jaxpr"] for e in equations(jax.make_jaxpr(loss)(*args).jaxpr)
             if e.primitive.name in _REMAT_PRIMITIVES]  # fmt: skip
   recomputed = [
     _residual_bytes(
@@ -161,7 +161,7 @@ def _residual_bytes(fn, args, argnums: int) -> int:
   return _nbytes(jax.eval_shape(residuals, *args))
 
 
-def _equations(jaxpr):
+def equations(jaxpr):
   """Every equation of a jaxpr and of the jaxprs nested in it (jit, remat, custom_jvp)."""
   for eqn in jaxpr.eqns:
     yield eqn
@@ -169,7 +169,7 @@ def _equations(jaxpr):
       for sub in value if isinstance(value, tuple | list) else (value,):
         inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
         if hasattr(inner, "eqns"):
-          yield from _equations(inner)
+          yield from equations(inner)
 
 
 def footprint(training: Training, compute_config, per_device_batch: int) -> Footprint:

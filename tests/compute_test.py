@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaled_ql import compute, networks, transformer, types
+from scaled_ql import compute, networks, plan, transformer, types
 from scaled_ql.methods.decision_transformer import DecisionTransformer
 from scaled_ql.methods.scaled_ql import ScaledQL
 
@@ -45,23 +45,12 @@ def _windows(batch_size=4, seed=0) -> types.WindowBatch:
   )
 
 
-def _eqns(jaxpr):
-  """Every equation of a jaxpr, those of the jaxprs nested in it (jit, remat, custom_jvp) too."""
-  for eqn in jaxpr.eqns:
-    yield eqn
-    for value in eqn.params.values():
-      for sub in value if isinstance(value, tuple | list) else (value,):
-        inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
-        if hasattr(inner, "eqns"):
-          yield from _eqns(inner)
-
-
 def _in_dtypes(eqn) -> set[str]:
   return {str(v.aval.dtype) for v in eqn.invars if hasattr(v.aval, "dtype")}
 
 
 def _traced(fn, *args):
-  return list(_eqns(jax.make_jaxpr(fn)(*args).jaxpr))
+  return list(plan.equations(jax.make_jaxpr(fn)(*args).jaxpr))
 
 
 def _dot_dtypes_by_width(eqns) -> dict[int, set[str]]:
