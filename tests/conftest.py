@@ -3,6 +3,7 @@ data shared by the test session (`shard_dir`)."""
 
 import os
 
+import gin
 import pytest
 
 # Must be set before jax is imported anywhere in the test process.
@@ -20,3 +21,12 @@ def shard_dir(tmp_path_factory):
   from tests.data import replay_fixtures  # Imports jax: after the environment above.
 
   return replay_fixtures.collected_shards(str(tmp_path_factory.mktemp("data")), "Breakout,Pong")
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin():
+  """Each test starts from gin's empty configuration: a test that parses gin files (or runs a
+  command in process) would otherwise configure the next ones (a 0-step run then evaluating
+  every game, as `gin_configs_test`'s critic once did after the fine-tuning tests)."""
+  yield
+  gin.clear_config()
