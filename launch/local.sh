@@ -53,31 +53,23 @@ watch_stop() {
 }
 trap '[ -z "$watcher" ] || kill "$watcher" 2>/dev/null || true' EXIT  # interrupted: no watcher left
 
-collect() {  # collect NUM_CHECKPOINTS [flags...]: checkpoints of 50k rows per game, resumable.
-  local num_checkpoints=$1
-  shift
-  $PY -m data_prep.collect --output_dir="$WORKDIR/replay" --games="$GAMES" --runs=1 \
-    --checkpoint_size=50000 --num_envs=8 --num_checkpoints="$num_checkpoints" "$@"
-  $PY -m data_prep.convert --replay_dir="$WORKDIR/replay" --shard_dir="$WORKDIR/shards" \
-    --games="$GAMES" --runs=1
-}
+source launch/data_stages.sh  # collect_checkpoints, train_behaviour
 
 echo "== 1/5 collecting checkpoint 0: uniform-random play in real ALE games: ${GAMES}"
 stage_times collect_random
-collect 1 --policy=random
+collect_checkpoints "$WORKDIR" "$GAMES" 50000 1 --policy=random
 
 echo "== 2/5 training the behaviour agent on checkpoint 0 (tiny network, C51 + CQL)"
 stage_times behaviour
 watch_start behaviour 0 "$WORKDIR/behaviour"
-$PY -m scaled_ql.pretrain --workdir="$WORKDIR/behaviour" --gin_file=local_behaviour.gin \
-  --gin_bindings="$SHARDS"
+train_behaviour "$WORKDIR" "$GAMES"
 watch_stop
 measured="$WORKDIR/behaviour"
 
 echo "== 3/5 collecting checkpoints 1-2: the behaviour agent, epsilon-greedy, epsilon 0.55 then 0.1"
 stage_times collect_agent
-collect 3 --policy=schedule --policy_workdir="$WORKDIR/behaviour" --epsilon_start=1.0 \
-  --epsilon_end=0.1
+collect_checkpoints "$WORKDIR" "$GAMES" 50000 3 --policy=schedule \
+  --policy_workdir="$WORKDIR/behaviour" --epsilon_start=1.0 --epsilon_end=0.1
 
 runs=()
 seed_index=0

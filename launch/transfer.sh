@@ -55,24 +55,14 @@ if game in seen:
            "transfer is to an unseen game, e.g. GAME=SpaceInvaders")
 EOF
 
-collect() {  # collect NUM_CHECKPOINTS [flags...]: the game's checkpoints of ROWS rows, resumable
-  local num_checkpoints=$1
-  shift
-  $PY -m data_prep.collect --output_dir="$TRANSFER_DIR/replay" --games="$GAME" --runs=1 \
-    --checkpoint_size="$ROWS" --num_envs=8 --num_checkpoints="$num_checkpoints" "$@"
-  $PY -m data_prep.convert --replay_dir="$TRANSFER_DIR/replay" \
-    --shard_dir="$TRANSFER_DIR/shards" --games="$GAME" --runs=1
-}
-
+source launch/data_stages.sh  # collect_checkpoints, train_behaviour
 echo "== transfer 1/4: collecting checkpoint 0 of $GAME: uniform-random play"
-collect 1 --policy=random
+collect_checkpoints "$TRANSFER_DIR" "$GAME" "$ROWS" 1 --policy=random
 echo "== transfer 2/4: training $GAME's behaviour agent on checkpoint 0"
-$PY -m scaled_ql.pretrain --workdir="$TRANSFER_DIR/behaviour" --gin_file=local_behaviour.gin \
-  --gin_bindings="data.ReplayDataset.shard_dir = '$TRANSFER_DIR/shards'" \
-  --gin_bindings="train.game_names = ['$GAME']" "${extra[@]}"
+train_behaviour "$TRANSFER_DIR" "$GAME" "${extra[@]}"
 echo "== transfer 3/4: collecting checkpoints 1-2: the behaviour agent, epsilon 0.55 then 0.1"
-collect 3 --policy=schedule --policy_workdir="$TRANSFER_DIR/behaviour" --epsilon_start=1.0 \
-  --epsilon_end=0.1
+collect_checkpoints "$TRANSFER_DIR" "$GAME" "$ROWS" 3 --policy=schedule \
+  --policy_workdir="$TRANSFER_DIR/behaviour" --epsilon_start=1.0 --epsilon_end=0.1
 echo "== transfer 4/4: fine-tuning on $GAME, pretrained ($INIT_FROM) vs scratch"
 WORKDIR=$TRANSFER_DIR INIT_FROM=$INIT_FROM ONLINE="" OFFLINE=$GAME \
   SHARD_DIR=$TRANSFER_DIR/shards GIN_OFFLINE=local_finetune_transfer.gin SEEDS=$SEEDS \

@@ -12,6 +12,7 @@ from scaled_ql import cli, configurables, games, networks, trainer
 from scaled_ql.data import source
 from scaled_ql.methods import loading
 from scaled_ql.methods.scaled_ql import ScaledQL
+from scaled_ql.report import tables
 
 GIN_FILES = sorted(
   str(p.relative_to(configurables.GIN_DIR))
@@ -125,3 +126,12 @@ def test_ablation_arms_are_local_gin_with_one_change_and_their_own_name(arm):
   assert "name" in changed and len(changed) > 1, changed  # The name and the arm's change.
   configurables.parse_gin([f"ablations/{arm}.gin"], [SHARD_DIR_BINDING])  # Paper scale.
   assert gin.get_bindings("train")["method"].name == method.name
+
+
+def test_every_method_named_in_a_gin_file_has_a_report_label():
+  named = set()
+  for gin_file in GIN_FILES:
+    text = (pathlib.Path(configurables.GIN_DIR) / gin_file).read_text()
+    named |= set(re.findall(r'^methods\.\w+\.name = "(\w+)"', text, re.M))
+  assert {"sampled_bc", "scaled_ql_no_cql", "scaled_ql_cql_alpha_0_01"} <= named
+  assert named <= set(tables.METHOD_NAMES), named - set(tables.METHOD_NAMES)

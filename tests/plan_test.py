@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaled_ql import compute, networks, plan, train_step
+from scaled_ql import compute, configurables, games, networks, plan, train_step
 from scaled_ql.cli import UserError
 from scaled_ql.methods.scaled_ql import ScaledQL
 
@@ -93,3 +93,35 @@ def test_bad_input_is_one_line_before_compiling(flag, message):
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(message)
   assert "|" not in result.stdout  # no table: nothing compiled
+
+
+# docs/accelerators.md plans pretrain_near_optimal.gin's step for these files: the same network,
+# method class, games and global batch (only loss weights or the data differ).
+SAME_STEP_AS_NEAR_OPTIMAL = [
+  "pretrain_low_quality.gin", "ablations/low_quality.gin", "ablations/no_cql.gin",
+  "ablations/cql_alpha_0_01.gin", "ablations/cql_alpha_0_1.gin", "ablations/cql_alpha_0_5.gin",
+  "ablations/cql_alpha_1_0.gin", "ablations/bc_rl_0_25.gin", "ablations/bc_rl_0_5.gin",
+  "ablations/bc_rl_0_75.gin",
+]  # fmt: skip
+
+
+def _training(*gin_files: str) -> plan.Training:
+  configurables.parse_gin(list(gin_files), ["data.ReplayDataset.shard_dir = '/nonexistent'"])
+  return plan.configured_training(gin_files[0])
+
+
+def _step_identity(training: plan.Training) -> tuple:
+  return (type(training.method), training.method.network, training.game_names,
+          training.global_batch_size)  # fmt: skip
+
+
+@pytest.mark.parametrize("gin_file", SAME_STEP_AS_NEAR_OPTIMAL)
+def test_the_paper_files_planned_through_near_optimal_share_its_step(gin_file):
+  base = _step_identity(_training("pretrain_near_optimal.gin"))
+  assert base[2:] == (tuple(games.TRAIN_GAMES), 512)
+  assert _step_identity(_training(gin_file)) == base
+
+
+def test_filtered_bc_trains_bcs_step():
+  bc = _step_identity(_training("baselines/bc.gin"))
+  assert bc[0].__name__ == "BC" and _step_identity(_training("baselines/filtered_bc.gin")) == bc

@@ -107,7 +107,7 @@ def test_local_sh_runs_a_known_stage_at_each_step():
   assert set(called) <= names
   assert 'stage_times "$method" "$seed_index"' in script  # scaled_ql and bc, per seed
   # Every training command is watched, and the watcher is stopped after it.
-  pretrains = len(re.findall(r"^\s*\$PY -m scaled_ql.pretrain", script, re.M))
+  pretrains = len(re.findall(r"^\s*(\$PY -m scaled_ql.pretrain|train_behaviour) ", script, re.M))
   starts = len(re.findall(r"^\s*watch_start \S", script, re.M))
   stops = len(re.findall(r"^\s*watch_stop$", script, re.M))
   assert pretrains == starts == stops == 2

@@ -24,6 +24,15 @@ METHOD_NAMES = {
   "filtered_bc": "Filtered BC (%BC, best 10% of rows)",
   "q_guided_bc": "Q-guided BC (best of k under Scaled QL's Q)",
   "q_guided_dt": "Q-guided DT (best of k under Scaled QL's Q)",
+  # The ablations' arms (gin/ablations/fragments/, launch/ablations.sh).
+  "scaled_ql_no_cql": "Scaled QL without CQL",
+  "scaled_ql_mse": "Scaled QL with MSE (no C51)",
+  "scaled_ql_no_feature_norm": "Scaled QL without feature normalization",
+  "scaled_ql_no_spatial_embedding": "Scaled QL without the spatial embedding",
+  **{
+    f"scaled_ql_cql_alpha_{alpha.replace('.', '_')}": f"Scaled QL, CQL alpha {alpha}"
+    for alpha in ("0.01", "0.1", "0.5", "1.0")
+  },
 }
 QUALITIES = ("near_optimal", "low_quality")
 QUALITY_NAMES = {"near_optimal": "Near-optimal", "low_quality": "Low-quality"}
