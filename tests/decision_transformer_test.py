@@ -349,6 +349,22 @@ def test_actions_are_drawn_from_the_top_half_of_the_games_own():
   assert np.isfinite(tied).all()
 
 
+def test_argmax_acting_plays_the_sampled_policys_most_probable_action():
+  """`dt_argmax` (action temperature 0) takes the action the sampled DT would draw at a
+  vanishing temperature, given the same returns drawn (the same rng)."""
+  greedy = DecisionTransformer(transformer=TINY, action_temperature=0.0).build(GAMES)
+  cold = DecisionTransformer(
+    transformer=TINY, action_temperature=1e-4, action_top_percentile=None
+  ).build(GAMES)
+  params = jax.jit(greedy.init)(jax.random.PRNGKey(2))
+  batch = _windows(batch_size=16, seed=5)
+  rng = jax.random.PRNGKey(7)
+  ours = np.asarray(greedy.sample_actions(params, rng, batch, 3))  # [B, 3]
+  assert (ours == ours[:, :1]).all()  # argmax: the same action in every draw
+  np.testing.assert_array_equal(ours, np.asarray(cold.sample_actions(params, rng, batch, 3)))
+  assert all(a < games.num_actions(GAMES[g]) for a, g in zip(ours[:, 0], batch.game_id))
+
+
 def _overfit(learner, batch, steps=150, learning_rate=3e-3):
   params = jax.jit(learner.init)(jax.random.PRNGKey(0))
   optimizer = optax.adam(learning_rate)
