@@ -63,3 +63,16 @@ def test_what_is_not_a_run_is_named(live, tmp_path):
   _run(str(tmp_path / "other" / "bc"), 1.0, 0, method="bc")
   with pytest.raises(ValueError, match="two runs share a directory name"):
     archive.archive([str(live / "bc"), str(tmp_path / "other" / "bc")], str(tmp_path / "out"))
+
+
+def test_paths_outside_the_runs_folder_are_not_kept(live, tmp_path):
+  """A fine-tuning run names its starting run and shards, which sit outside its own folder."""
+  run = live / "transfer" / "offline" / "Pong" / "pretrained_seed0"
+  _run(str(run), 3.0, 0, method="scaled_ql", init_from={"source": str(live / "scaled_ql")})
+  archive.archive([str(run)], str(tmp_path / "out"))
+  info = runs.read_run_info(str(tmp_path / "out" / "pretrained_seed0"))
+  assert info["init_from"]["source"] == "OUTSIDE/scaled_ql"
+  for folder, _, files in os.walk(tmp_path / "out"):
+    for name in files:
+      with open(os.path.join(folder, name)) as f:
+        assert str(live) not in f.read(), name

@@ -3,17 +3,20 @@ r"""Keeps what a report needs of finished runs, small enough to commit, so resul
   python -m scaled_ql.report.compare --runs=workdirs/local/scaled_ql,workdirs/local/bc \
       --data_dir=workdirs/local/replay --archive=results/embedded_default
 
-prints the table and copies each run's run_info.json, operative_config.gin, metrics.jsonl and evaluations (eval/,
-results.json and episodes.csv), never its checkpoints, into OUTPUT/<run's directory name>, and
-the collector's episode logs (DATA_DIR/<Game>/<run>/episodes.csv) into OUTPUT/replay. The runs'
-common parent directory is written as OUTPUT wherever the copied files name it, so a Q-guided
-run's proposal and critic name their archived runs (pairs stay pairs) and no machine's paths
-are kept. `python -m scaled_ql.report.compare --runs=OUTPUT/scaled_ql,... --data_dir=OUTPUT/
-replay` then gives the same table as the live runs, on any machine; runs archived by several
-sessions (other seeds) sit side by side and form one table.
+prints the table and copies each run's run_info.json, operative_config.gin, metrics.jsonl and
+evaluations (eval/, results.json and episodes.csv), never its checkpoints, into OUTPUT/<run's
+directory name>, and the collector's episode logs (DATA_DIR/<Game>/<run>/episodes.csv) into
+OUTPUT/replay. The runs' common parent directory is written as OUTPUT wherever the copied files
+name it, so a Q-guided run's proposal and critic name their archived runs (pairs stay pairs);
+any other local path they name (a fine-tuning run's starting run, its shards) is written as
+OUTSIDE/ and the part below the directory it shares with the runs (OUTSIDE/scaled_ql), so no
+machine's paths are kept. `python -m scaled_ql.report.compare --runs=OUTPUT/scaled_ql,...
+--data_dir=OUTPUT/replay` then gives the same table as the live runs, on any machine; runs
+archived by several sessions (other seeds) sit side by side and form one table.
 """
 
 import os
+import re
 import shutil
 from collections.abc import Sequence
 
@@ -46,7 +49,9 @@ def archive(run_dirs: Sequence[str], output: str, data_dir: str | None = None) -
   if len(set(names)) != len(names):
     raise ValueError(f"--runs: two runs share a directory name ({names}); archive them apart.")
   root = os.path.commonpath([os.path.dirname(d) for d in run_dirs])
-  rewrite = lambda text: text.replace(root + os.sep, output.rstrip("/") + "/")  # noqa: E731
+  def rewrite(text: str) -> str:
+    return _outside(text, root).replace(root + os.sep, output.rstrip("/") + "/")
+
   archived = []
   for run_dir, name in zip(run_dirs, names, strict=True):
     target = os.path.join(output, name)
@@ -61,6 +66,19 @@ def archive(run_dirs: Sequence[str], output: str, data_dir: str | None = None) -
       relative = os.path.relpath(os.fspath(path), data_dir)
       _copy_text(os.fspath(path), os.path.join(output, "replay", relative), rewrite)
   return archived
+
+
+# A quoted absolute local path, as JSON and gin files write it.
+_QUOTED_PATH = re.compile(r"""(?<=["'])/[^"'\n]*(?=["'])""")
+
+
+def _outside(text: str, root: str) -> str:
+  """Local paths outside the runs' common parent `root`, as OUTSIDE/<below what they share>."""
+  def relative(match: re.Match) -> str:
+    path = match.group(0)
+    shared = os.path.commonpath([root, path])
+    return path if shared == root else "OUTSIDE/" + os.path.relpath(path, shared)
+  return _QUOTED_PATH.sub(relative, text)
 
 
 def _eval_files(run_dir: str) -> list[str]:
