@@ -91,6 +91,7 @@ fi
 $PY -m scaled_ql.report --runs="$runs" --output="$WORKDIR/report" --protocol="${PROTOCOL:-dqn}" \
   --verbosity=-1 >/dev/null
 for table in finetune_online finetune_offline; do
+  [ "$(wc -l <"$WORKDIR/report/$table.md")" -gt 2 ] || continue  # a header only: no such runs
   echo
   echo "$table (return on real ALE, protocol ${PROTOCOL:-dqn}; mean ± sd over seeds):"
   cat "$WORKDIR/report/$table.md"
