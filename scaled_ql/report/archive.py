@@ -77,7 +77,7 @@ def _outside(text: str, root: str) -> str:
   def relative(match: re.Match) -> str:
     path = match.group(0)
     shared = os.path.commonpath([root, path])
-    return path if shared == root else "OUTSIDE/" + os.path.relpath(path, shared)
+    return path if shared == root and path != root else "OUTSIDE/" + os.path.relpath(path, shared)
   return _QUOTED_PATH.sub(relative, text)
 
 
