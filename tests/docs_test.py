@@ -49,8 +49,12 @@ def _code(text: str) -> list[str]:
 
 
 def _slug(heading: str) -> str:
-  """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
-  text = re.sub(r"[`*_\[\]]|\(([^)]*)\)", lambda m: m.group(1) or "", heading.strip().lower())
+  """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens.
+
+  Underscores inside a word (`data_quality.sh`) stay, as on GitHub; those of emphasis go.
+  """
+  text = re.sub(r"[`*\[\]]|(?<!\w)_|_(?!\w)|\(([^)]*)\)", lambda m: m.group(1) or "",
+                heading.strip().lower())
   return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
